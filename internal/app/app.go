@@ -1,0 +1,123 @@
+// Package app assembles meshca's command tree and is the only place where an
+// error becomes an exit code.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/meshca/meshca/internal/cli"
+	"github.com/meshca/meshca/internal/cmd/ca"
+)
+
+// Version is stamped at build time with -ldflags "-X .../internal/app.Version=…".
+var Version = "dev"
+
+const exitCodesHelp = `Exit codes:
+  0  success (warnings allowed)
+  1  error, or a check or verification that failed
+  2  usage error (unknown flag, missing argument)
+  3  check passed with warnings past a threshold (meshca check)`
+
+// Main runs meshca with args and returns the process exit code.
+func Main(ctx context.Context, args []string, streams genericiooptions.IOStreams) int {
+	return Run(ctx, args, &cli.Env{Streams: streams, Now: time.Now})
+}
+
+// Run is Main with a given environment (tests inject streams and a clock).
+func Run(ctx context.Context, args []string, env *cli.Env) int {
+	if env.Kube == nil {
+		env.Kube = genericclioptions.NewConfigFlags(true)
+	}
+	if env.Now == nil {
+		env.Now = time.Now
+	}
+	streams := env.Streams
+	root := NewRootCmd(env)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	code := cli.Code(err)
+	var exitErr *cli.ExitError
+	isExit := errors.As(err, &exitErr)
+	switch {
+	case err == nil:
+	case isExit && exitErr.Err == nil:
+	default:
+		if !isExit && isUsageError(err) {
+			code = cli.ExitUsage
+		}
+		_, _ = fmt.Fprintf(streams.ErrOut, "Error: %v\n", err)
+		if code == cli.ExitUsage {
+			_, _ = fmt.Fprintln(streams.ErrOut, "Run 'meshca --help' for usage.")
+		}
+	}
+	return code
+}
+
+// NewRootCmd builds the command tree.
+func NewRootCmd(env *cli.Env) *cobra.Command {
+	var verbose bool
+	root := &cobra.Command{
+		Use:   "meshca",
+		Short: "Rotate the CA of an Istio mesh with zero downtime, and prove it",
+		Long: `meshca rotates the certificate authority (root and intermediates) of an Istio
+service mesh — ambient (ztunnel, waypoints) and sidecar — in three verified
+phases (trust, issue, retire), and works offline on CA material too.
+
+` + exitCodesHelp,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRun: func(*cobra.Command, []string) {
+			level := slog.LevelWarn
+			if verbose {
+				level = slog.LevelDebug
+			}
+			slog.SetDefault(slog.New(slog.NewTextHandler(env.Streams.ErrOut, &slog.HandlerOptions{Level: level})))
+		},
+	}
+	root.SetIn(env.Streams.In)
+	root.SetOut(env.Streams.Out)
+	root.SetErr(env.Streams.ErrOut)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Exit(cli.ExitUsage, err) })
+	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug detail to stderr")
+	env.Kube.AddFlags(root.PersistentFlags())
+
+	root.AddCommand(newVersionCmd(env), ca.NewCmd(env))
+	return root
+}
+
+func newVersionCmd(env *cli.Env) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print meshca's version",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			v := Version
+			if info, ok := debug.ReadBuildInfo(); ok && v == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+				v = info.Main.Version
+			}
+			_, err := fmt.Fprintf(env.Streams.Out, "meshca %s\n", v)
+			return err
+		},
+	}
+}
+
+// isUsageError recognises cobra's argument errors, which it returns as plain
+// errors.
+func isUsageError(err error) bool {
+	for _, p := range []string{"unknown command", "accepts ", "requires at least", "requires at most", "unknown flag", "unknown shorthand"} {
+		if strings.Contains(err.Error(), p) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,184 @@
+package pki
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// MaxFileSize bounds every CA file meshca reads. Real bundles are a few KiB;
+// the bound keeps memory and time flat when a user points meshca at junk.
+const MaxFileSize = 1 << 20
+
+// ErrTooLarge is returned for inputs above MaxFileSize.
+var ErrTooLarge = errors.New("larger than 1 MiB: not a CA file")
+
+// ReadFile reads a CA file of at most MaxFileSize bytes.
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	return ReadAll(path, f)
+}
+
+// ReadAll reads at most MaxFileSize bytes from r; name is used in errors.
+func ReadAll(name string, r io.Reader) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("%s: %w", name, ErrTooLarge)
+	}
+	return data, nil
+}
+
+// Block is one PEM block of a file with its position, for precise errors.
+type Block struct {
+	*pem.Block
+	// Index is the 1-based position of the block in its file.
+	Index int
+	// Start and End delimit the block's exact bytes in the file, from
+	// "-----BEGIN" through the newline after its END line.
+	Start, End int
+}
+
+// DecodeBlocks splits data into PEM blocks. It rejects empty input, input
+// without PEM and any non-blank bytes between or after blocks (a truncated
+// or pasted-over file), so that a file is either wholly understood or refused.
+func DecodeBlocks(name string, data []byte) ([]Block, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("%s: empty file: expected PEM data", name)
+	}
+	var blocks []Block
+	rest := data
+	for {
+		trimmed := bytes.TrimSpace(rest)
+		if len(trimmed) == 0 {
+			break
+		}
+		block, next := pem.Decode(rest)
+		if block == nil {
+			if len(blocks) == 0 {
+				return nil, fmt.Errorf("%s: no PEM block found (malformed, truncated or not PEM at all)", name)
+			}
+			return nil, fmt.Errorf("%s: unparsable data after PEM block %d (malformed or truncated PEM)", name, len(blocks))
+		}
+		// pem.Decode silently skips leading junk and undecodable blocks;
+		// refuse both.
+		seg := rest[:len(rest)-len(next)]
+		if !bytes.HasPrefix(bytes.TrimSpace(seg), []byte("-----BEGIN")) {
+			return nil, fmt.Errorf("%s: unexpected data before PEM block %d", name, len(blocks)+1)
+		}
+		if bytes.Count(seg, []byte("-----BEGIN")) != 1 {
+			return nil, fmt.Errorf("%s: PEM block %d is malformed (bad base64, headers or END line)", name, len(blocks)+1)
+		}
+		offset := len(data) - len(rest)
+		start := offset + bytes.Index(rest, []byte("-----BEGIN"))
+		blocks = append(blocks, Block{Block: block, Index: len(blocks) + 1, Start: start, End: len(data) - len(next)})
+		rest = next
+	}
+	return blocks, nil
+}
+
+// ParseCertificates parses every PEM block of data as a certificate. Any block
+// of another type, or any undecodable byte, is an error naming the file and
+// the block.
+func ParseCertificates(name string, data []byte) ([]*x509.Certificate, error) {
+	blocks, err := DecodeBlocks(name, data)
+	if err != nil {
+		return nil, err
+	}
+	certs := make([]*x509.Certificate, 0, len(blocks))
+	for _, b := range blocks {
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("%s: PEM block %d is %q, expected CERTIFICATE", name, b.Index, b.Type)
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: PEM block %d: %w", name, b.Index, err)
+		}
+		certs = append(certs, c)
+	}
+	return certs, nil
+}
+
+// ParseCertificateFile reads and parses a certificate file.
+func ParseCertificateFile(path string) ([]*x509.Certificate, error) {
+	data, err := ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCertificates(path, data)
+}
+
+// IsPrivateKeyBlock reports whether a PEM block type holds a private key.
+func IsPrivateKeyBlock(typ string) bool {
+	switch typ {
+	case "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY":
+		return true
+	}
+	return false
+}
+
+// ParseKeyBlock parses one private key block (PKCS#8, PKCS#1 or SEC 1).
+func ParseKeyBlock(name string, b Block) (crypto.Signer, error) {
+	var (
+		key any
+		err error
+	)
+	switch b.Type {
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(b.Bytes)
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(b.Bytes)
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(b.Bytes)
+	case "ENCRYPTED PRIVATE KEY":
+		return nil, fmt.Errorf("%s: PEM block %d is an encrypted private key: istiod cannot read it; decrypt it first (openssl pkey -in KEY -out KEY.plain)", name, b.Index)
+	default:
+		return nil, fmt.Errorf("%s: PEM block %d is %q, expected a private key", name, b.Index, b.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: PEM block %d: %w", name, b.Index, err)
+	}
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		return k, nil
+	case *ecdsa.PrivateKey:
+		return k, nil
+	case crypto.Signer:
+		return k, nil
+	}
+	return nil, fmt.Errorf("%s: PEM block %d: unsupported private key type %T", name, b.Index, key)
+}
+
+// ParseKey parses a file holding exactly one private key.
+func ParseKey(name string, data []byte) (crypto.Signer, error) {
+	blocks, err := DecodeBlocks(name, data)
+	if err != nil {
+		return nil, err
+	}
+	if len(blocks) != 1 {
+		return nil, fmt.Errorf("%s: holds %d PEM blocks, expected exactly one private key", name, len(blocks))
+	}
+	return ParseKeyBlock(name, blocks[0])
+}
+
+// ParseKeyFile reads and parses a private key file.
+func ParseKeyFile(path string) (crypto.Signer, error) {
+	data, err := ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return ParseKey(path, data)
+}
