@@ -4,9 +4,6 @@
 package ca
 
 import (
-	"fmt"
-	"io"
-
 	"github.com/spf13/cobra"
 
 	"github.com/meshca/meshca/internal/cli"
@@ -23,9 +20,4 @@ cluster (ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem).`,
 	}
 	cmd.AddCommand(newRootCmd(env), newIntermediateCmd(env), newBundleCmd(env), newInspectCmd(env), newVerifyCmd(env))
 	return cmd
-}
-
-// progress prints one line of progress on stderr.
-func progress(w io.Writer, format string, args ...any) {
-	_, _ = fmt.Fprintf(w, format+"\n", args...)
 }
