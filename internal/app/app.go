@@ -17,6 +17,8 @@ import (
 
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/cmd/ca"
+	"github.com/meshca/meshca/internal/cmd/proxy"
+	"github.com/meshca/meshca/internal/cmd/ztunnel"
 )
 
 // Version is stamped at build time with -ldflags "-X .../internal/app.Version=…".
@@ -91,7 +93,7 @@ phases (trust, issue, retire), and works offline on CA material too.
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug detail to stderr")
 	env.Kube.AddFlags(root.PersistentFlags())
 
-	root.AddCommand(newVersionCmd(env), ca.NewCmd(env))
+	root.AddCommand(newVersionCmd(env), ca.NewCmd(env), ztunnel.NewCmd(env), proxy.NewCmd(env))
 	return root
 }
 
