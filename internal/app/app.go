@@ -17,7 +17,11 @@ import (
 
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/cmd/ca"
+	checkcmd "github.com/meshca/meshca/internal/cmd/check"
 	"github.com/meshca/meshca/internal/cmd/proxy"
+	rotatecmd "github.com/meshca/meshca/internal/cmd/rotate"
+	sandboxcmd "github.com/meshca/meshca/internal/cmd/sandbox"
+	"github.com/meshca/meshca/internal/cmd/verify"
 	"github.com/meshca/meshca/internal/cmd/ztunnel"
 )
 
@@ -93,7 +97,7 @@ phases (trust, issue, retire), and works offline on CA material too.
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug detail to stderr")
 	env.Kube.AddFlags(root.PersistentFlags())
 
-	root.AddCommand(newVersionCmd(env), ca.NewCmd(env), ztunnel.NewCmd(env), proxy.NewCmd(env))
+	root.AddCommand(newVersionCmd(env), ca.NewCmd(env), checkcmd.NewCmd(env), ztunnel.NewCmd(env), proxy.NewCmd(env), verify.NewCmd(env), sandboxcmd.NewCmd(env), rotatecmd.NewCmd(env), rotatecmd.NewStatusCmd(env), rotatecmd.NewRollbackCmd(env))
 	return root
 }
 

@@ -185,6 +185,16 @@ func retire(cur, next *Bundle, now time.Time) (*Bundle, error) {
 	return out, nil
 }
 
+// SignerRoot returns the root of b's root-cert.pem that b's signing
+// certificate chains to at now.
+func SignerRoot(b *Bundle, now time.Time) (*x509.Certificate, error) {
+	p, err := b.Parse()
+	if err != nil {
+		return nil, err
+	}
+	return signerRoot(b, p, now)
+}
+
 // signerRoot returns the root of next's root-cert.pem that next's signer
 // chains to.
 func signerRoot(next *Bundle, p *Parsed, now time.Time) (*x509.Certificate, error) {

@@ -281,8 +281,9 @@ func (d *dataPlane) status() []proxyStatus {
 	return out
 }
 
-// heldCert is what one proxy identity holds, for convergence checks.
-type heldCert struct {
+// HeldCert is what one identity of one live proxy holds: its trust roots and
+// the intermediate that signed its leaf.
+type HeldCert struct {
 	Proxy, Identity string
 	Roots           []string // fingerprints, as held (duplicates kept)
 	Signer          string   // fingerprint of the certificate after the leaf in the chain
@@ -290,12 +291,12 @@ type heldCert struct {
 }
 
 // held lists what every identity of every live proxy holds now.
-func (d *dataPlane) held() []heldCert {
+func (d *dataPlane) held() []HeldCert {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var out []heldCert
+	var out []HeldCert
 	add := func(proxy, id string, c *mesh.Certificate, roots []*x509.Certificate, errMsg string) {
-		h := heldCert{Proxy: proxy, Identity: id, Err: errMsg}
+		h := HeldCert{Proxy: proxy, Identity: id, Err: errMsg}
 		if c == nil {
 			if h.Err == "" {
 				h.Err = "no certificate"

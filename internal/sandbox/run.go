@@ -89,10 +89,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		go s.probe.Run(runCtx)
 	}
 
-	var namespaces []string
-	for i := range opts.AppNamespaces {
-		namespaces = append(namespaces, fmt.Sprintf("apps-%d", i))
-	}
+	namespaces := s.AppNamespaces()
 	spec := installSpec{
 		Nodes: opts.Nodes, Workloads: opts.Workloads, CertTTL: opts.CertTTL.String(),
 		MultiRoot: opts.MultiRoot, XDSAgent: opts.XDSAgent, ZtunnelVersion: opts.ZtunnelVersion,
@@ -175,6 +172,19 @@ func (s *Sandbox) ResetProbe() {
 	if s.probe != nil {
 		s.probe.Reset()
 	}
+}
+
+// Held lists what every identity of every live simulated proxy holds now,
+// read from the proxies themselves (not through their admin APIs).
+func (s *Sandbox) Held() []HeldCert { return s.rt.data.held() }
+
+// AppNamespaces are the ambient namespaces of the workloads and waypoints.
+func (s *Sandbox) AppNamespaces() []string {
+	out := make([]string, s.opts.AppNamespaces)
+	for i := range out {
+		out[i] = fmt.Sprintf("apps-%d", i)
+	}
+	return out
 }
 
 // IstiodLogContains reports whether a running istiod logged s.

@@ -1,4 +1,4 @@
-package sandbox
+package sandbox_test
 
 import (
 	"bytes"
@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,27 +17,13 @@ import (
 	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/rollout"
-	"github.com/meshca/meshca/internal/sandbox/cluster"
+	"github.com/meshca/meshca/internal/sandbox"
+	"github.com/meshca/meshca/internal/sandbox/sandboxtest"
 )
 
-// startSandbox starts a sandbox for a test, or skips when the control-plane
-// binaries are not built (fails under CI=true, where they must be).
-func startSandbox(t *testing.T, opts Options) *Sandbox {
+// startSandbox starts a sandbox with a fast probe.
+func startSandbox(t *testing.T, opts sandbox.Options) *sandbox.Sandbox {
 	t.Helper()
-	bin, err := cluster.FindBinDir()
-	if err == nil {
-		if missing := (cluster.Config{BinDir: bin}).Missing(); len(missing) > 0 {
-			err = fmt.Errorf("missing %s", strings.Join(missing, ", "))
-		}
-	}
-	if err != nil {
-		msg := fmt.Sprintf("control-plane binaries not built (%v): run make controlplane", err)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	opts.Dir, opts.BinDir = t.TempDir(), bin
 	if opts.Nodes == 0 {
 		opts.Nodes = 3
 	}
@@ -48,26 +33,12 @@ func startSandbox(t *testing.T, opts Options) *Sandbox {
 	if opts.ProbeInterval == 0 {
 		opts.ProbeInterval = 20 * time.Millisecond
 	}
-	opts.Logf = t.Logf
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	t0 := time.Now()
-	s, err := Start(ctx, opts)
-	if err != nil {
-		t.Fatalf("start sandbox: %v", err)
-	}
-	t.Logf("sandbox with %d nodes up in %s", opts.Nodes, time.Since(t0).Round(time.Millisecond))
-	t.Cleanup(func() {
-		if err := s.Stop(); err != nil {
-			t.Errorf("stop sandbox: %v", err)
-		}
-	})
-	return s
+	return sandboxtest.Start(t, opts)
 }
 
 // rotationKit holds the current and new CA of a rotation done by hand.
 type rotationKit struct {
-	s       *Sandbox
+	s       *sandbox.Sandbox
 	current *bundle.Bundle
 	next    *bundle.Bundle
 	oldRoot string
@@ -75,7 +46,7 @@ type rotationKit struct {
 	signer  string // the new intermediate
 }
 
-func newRotationKit(t *testing.T, s *Sandbox) *rotationKit {
+func newRotationKit(t *testing.T, s *sandbox.Sandbox) *rotationKit {
 	t.Helper()
 	cur, err := bundle.Load(filepath.Join(s.CADir(), "sandbox"))
 	if err != nil {
@@ -103,8 +74,8 @@ func newRotationKit(t *testing.T, s *Sandbox) *rotationKit {
 // writeCACerts replaces the cacerts Secret data with a raw API write.
 func (k *rotationKit) writeCACerts(t *testing.T, ctx context.Context, b *bundle.Bundle) {
 	t.Helper()
-	secrets := k.s.Client().CoreV1().Secrets(IstioNamespace)
-	sec, err := secrets.Get(ctx, CACertsSecret, metav1.GetOptions{})
+	secrets := k.s.Client().CoreV1().Secrets(sandbox.IstioNamespace)
+	sec, err := secrets.Get(ctx, sandbox.CACertsSecret, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +90,7 @@ func (k *rotationKit) writeCACerts(t *testing.T, ctx context.Context, b *bundle.
 func (k *rotationKit) waitRootConfigMaps(t *testing.T, ctx context.Context, want []byte) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		cms, err := k.s.Client().CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + RootCertConfig})
+		cms, err := k.s.Client().CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + sandbox.RootCertConfig})
 		if err != nil || len(cms.Items) == 0 {
 			return false, nil
 		}
@@ -144,25 +115,25 @@ func (k *rotationKit) restart(t *testing.T, ctx context.Context, refs ...rollout
 }
 
 var (
-	istiodRef  = rollout.Ref{Kind: rollout.KindDeployment, Namespace: IstioNamespace, Name: IstiodName}
-	ztunnelRef = rollout.Ref{Kind: rollout.KindDaemonSet, Namespace: IstioNamespace, Name: ZtunnelName}
+	istiodRef  = rollout.Ref{Kind: rollout.KindDeployment, Namespace: sandbox.IstioNamespace, Name: sandbox.IstiodName}
+	ztunnelRef = rollout.Ref{Kind: rollout.KindDaemonSet, Namespace: sandbox.IstioNamespace, Name: sandbox.ZtunnelName}
 )
 
-func envoyRefs(s *Sandbox) []rollout.Ref {
+func envoyRefs(s *sandbox.Sandbox) []rollout.Ref {
 	refs := []rollout.Ref{}
-	for i := range s.opts.AppNamespaces {
-		refs = append(refs, rollout.Ref{Kind: rollout.KindDeployment, Namespace: fmt.Sprintf("apps-%d", i), Name: WaypointName})
+	for _, ns := range s.AppNamespaces() {
+		refs = append(refs, rollout.Ref{Kind: rollout.KindDeployment, Namespace: ns, Name: sandbox.WaypointName})
 	}
-	return append(refs, rollout.Ref{Kind: rollout.KindDeployment, Namespace: IstioNamespace, Name: GatewayName})
+	return append(refs, rollout.Ref{Kind: rollout.KindDeployment, Namespace: sandbox.IstioNamespace, Name: sandbox.GatewayName})
 }
 
 // waitHeld waits until every identity of every proxy satisfies ok, and
 // reports the first one that does not on timeout.
-func (k *rotationKit) waitHeld(t *testing.T, ctx context.Context, what string, ok func(heldCert) bool) {
+func (k *rotationKit) waitHeld(t *testing.T, ctx context.Context, what string, ok func(sandbox.HeldCert) bool) {
 	t.Helper()
 	var lagging string
 	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
-		held := k.s.rt.data.held()
+		held := k.s.Held()
 		if len(held) == 0 {
 			return false, nil
 		}
@@ -187,7 +158,7 @@ func short(fps []string) []string {
 	return out
 }
 
-func rootSet(h heldCert) []string {
+func rootSet(h sandbox.HeldCert) []string {
 	set := slices.Clone(h.Roots)
 	slices.Sort(set)
 	return slices.Compact(set)
@@ -203,7 +174,7 @@ func sameSet(got []string, want ...string) bool {
 // then the envoys) under probe traffic: peers that do not trust the new root
 // yet reject the new certificates.
 func TestOneStepProcedureFailsHandshakes(t *testing.T) {
-	s := startSandbox(t, Options{MultiRoot: true, XDSAgent: true})
+	s := startSandbox(t, sandbox.Options{MultiRoot: true, XDSAgent: true})
 	ctx := context.Background()
 	k := newRotationKit(t, s)
 	s.ResetProbe()
@@ -215,7 +186,7 @@ func TestOneStepProcedureFailsHandshakes(t *testing.T) {
 	k.waitRootConfigMaps(t, ctx, oneStep.RootCert)
 	k.restart(t, ctx, ztunnelRef)
 	k.restart(t, ctx, envoyRefs(s)...)
-	k.waitHeld(t, ctx, "new signer everywhere", func(h heldCert) bool {
+	k.waitHeld(t, ctx, "new signer everywhere", func(h sandbox.HeldCert) bool {
 		return h.Err == "" && h.Signer == k.signer && sameSet(rootSet(h), k.oldRoot, k.newRoot)
 	})
 	time.Sleep(200 * time.Millisecond) // a few more probe rounds on the converged fleet
@@ -232,7 +203,7 @@ func TestOneStepProcedureFailsHandshakes(t *testing.T) {
 // TestPhasedRotationHasZeroFailures runs the three phases of
 // istio-ca-facts.md §5 with raw API writes under probe traffic.
 func TestPhasedRotationHasZeroFailures(t *testing.T) {
-	s := startSandbox(t, Options{MultiRoot: true, XDSAgent: true})
+	s := startSandbox(t, sandbox.Options{MultiRoot: true, XDSAgent: true})
 	ctx := context.Background()
 	k := newRotationKit(t, s)
 	s.ResetProbe()
@@ -245,7 +216,7 @@ func TestPhasedRotationHasZeroFailures(t *testing.T) {
 	k.writeCACerts(t, ctx, trust)
 	k.waitRootConfigMaps(t, ctx, trust.RootCert) // hot reload, no istiod restart
 	k.restart(t, ctx, ztunnelRef)
-	k.waitHeld(t, ctx, "both roots trusted", func(h heldCert) bool {
+	k.waitHeld(t, ctx, "both roots trusted", func(h sandbox.HeldCert) bool {
 		return h.Err == "" && sameSet(rootSet(h), k.oldRoot, k.newRoot)
 	})
 
@@ -256,7 +227,7 @@ func TestPhasedRotationHasZeroFailures(t *testing.T) {
 	k.writeCACerts(t, ctx, issue)
 	k.waitRootConfigMaps(t, ctx, issue.RootCert)
 	k.restart(t, ctx, ztunnelRef)
-	k.waitHeld(t, ctx, "every leaf from the new intermediate", func(h heldCert) bool {
+	k.waitHeld(t, ctx, "every leaf from the new intermediate", func(h sandbox.HeldCert) bool {
 		return h.Err == "" && h.Signer == k.signer && sameSet(rootSet(h), k.oldRoot, k.newRoot)
 	})
 
@@ -267,7 +238,7 @@ func TestPhasedRotationHasZeroFailures(t *testing.T) {
 	k.writeCACerts(t, ctx, retire)
 	k.waitRootConfigMaps(t, ctx, retire.RootCert)
 	k.restart(t, ctx, ztunnelRef)
-	k.waitHeld(t, ctx, "only the new root", func(h heldCert) bool {
+	k.waitHeld(t, ctx, "only the new root", func(h sandbox.HeldCert) bool {
 		return h.Err == "" && h.Signer == k.signer && sameSet(rootSet(h), k.newRoot)
 	})
 	time.Sleep(200 * time.Millisecond)
@@ -288,7 +259,7 @@ func TestPhasedRotationHasZeroFailures(t *testing.T) {
 // real istiod refuses a changed root-cert.pem and the ConfigMaps keep the old
 // bytes.
 func TestRootChangeIgnoredWithoutMultiRoot(t *testing.T) {
-	s := startSandbox(t, Options{MultiRoot: false, XDSAgent: true, Nodes: 1, Workloads: 1})
+	s := startSandbox(t, sandbox.Options{MultiRoot: false, XDSAgent: true, Nodes: 1, Workloads: 1})
 	ctx := context.Background()
 	k := newRotationKit(t, s)
 	trust, err := bundle.Build(bundle.PhaseTrust, k.current, k.next, time.Now())
@@ -303,7 +274,7 @@ func TestRootChangeIgnoredWithoutMultiRoot(t *testing.T) {
 		t.Fatalf("istiod never logged %q", logLine)
 	}
 	time.Sleep(time.Second) // give a wrong reload the chance to show
-	cms, err := s.Client().CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + RootCertConfig})
+	cms, err := s.Client().CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + sandbox.RootCertConfig})
 	if err != nil {
 		t.Fatal(err)
 	}

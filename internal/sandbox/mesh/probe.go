@@ -302,6 +302,10 @@ func (p *Probe) connect(ctx context.Context, pp probePair) (outcome, string) {
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", pp.dst.Address)
 	if err != nil {
+		if pp.dst.Proxy.server().closed() || pp.src.Proxy.server().closed() {
+			// The listener closed under the dial: a pod going away.
+			return outcomeSkipped, ""
+		}
 		return outcomeFailed, fmt.Sprintf("%s: dial %s: %v", who, pp.dst.Address, err)
 	}
 	defer func() { _ = raw.Close() }()

@@ -1,0 +1,140 @@
+package rotate
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshca/meshca/internal/cli"
+	"github.com/meshca/meshca/internal/report"
+	"github.com/meshca/meshca/internal/rotate"
+	"github.com/meshca/meshca/internal/sandbox"
+)
+
+// NewStatusCmd returns `meshca status`.
+func NewStatusCmd(env *cli.Env) *cobra.Command {
+	var (
+		cf     clusterFlags
+		output string
+	)
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show where the CA rotation stands in each cluster",
+		Long: `Show, per cluster, the rotation phase derived from cacerts (none, trust,
+issue, retire, complete, rolled-back), the fingerprints of the old and new
+roots and of the current signer, the backup Secret, the fleet's convergence
+per kind of proxy against what cacerts holds now, and what meshca rotate
+would do next.
+
+JSON: {"clusters":[{"context", "phase", "backupSecret", "oldRoots":[fp],
+"newRoot": fp, "signer": fp, "roots":[fp], "fleet":{...}, "next": "..."}]}
+(fingerprints: lowercase hex SHA-256 of the DER).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			format, err := report.ParseFormat(output, report.Table, report.JSON, report.YAML)
+			if err != nil {
+				return cli.Exit(cli.ExitUsage, err)
+			}
+			clusters, err := cf.clusters(env, nil)
+			if err != nil {
+				return err
+			}
+			sts, err := rotate.New(clusters, rotate.Options{Now: env.Now}).Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if format.Structured() {
+				return report.Encode(env.Streams.Out, format, map[string]any{"clusters": sts})
+			}
+			for _, s := range sts {
+				printStatus(env, s)
+			}
+			return nil
+		},
+	}
+	cf.add(cmd)
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, json or yaml")
+	return cmd
+}
+
+func printStatus(env *cli.Env, s rotate.ClusterStatus) {
+	w := env.Streams.Out
+	short := func(fps []string) string {
+		var out []string
+		for _, f := range fps {
+			out = append(out, f[:12])
+		}
+		return strings.Join(out, ", ")
+	}
+	_, _ = fmt.Fprintf(w, "cluster %s: phase %s\n", s.Context, s.Phase)
+	_, _ = fmt.Fprintf(w, "  signer         %.12s\n  roots          %s\n", s.Signer, short(s.Roots))
+	if s.Record != nil {
+		_, _ = fmt.Fprintf(w, "  old roots      %s\n  new root       %.12s\n  backup         %s\n", short(s.OldRoots), s.NewRoot, s.BackupSecret)
+		for _, t := range s.Record.Transitions {
+			line := "  " + string(t.Phase)
+			if t.Written != nil {
+				line += " written " + t.Written.Format(time.RFC3339)
+			}
+			if t.Proven != nil {
+				line += ", proven " + t.Proven.Format(time.RFC3339)
+			}
+			_, _ = fmt.Fprintln(w, line)
+		}
+	}
+	if s.Fleet != nil {
+		t := report.NewTable(w, "  KIND", "TOTAL", "MATCH", "STALE", "NOTHING TO VERIFY", "UNREADABLE", "NOT READY")
+		for _, k := range s.FleetByKind {
+			c := k.Counts
+			t.Row("  "+string(k.Kind), fmt.Sprint(c.Total), fmt.Sprint(c.Match), fmt.Sprint(c.Stale), fmt.Sprint(c.NothingToVerify), fmt.Sprint(c.Unreadable), fmt.Sprint(c.NotReady))
+		}
+		_ = t.Flush()
+	}
+	_, _ = fmt.Fprintf(w, "  next: %s\n", s.Next)
+}
+
+// NewRollbackCmd returns `meshca rollback`.
+func NewRollbackCmd(env *cli.Env) *cobra.Command {
+	var (
+		cf  clusterFlags
+		yes bool
+	)
+	cmd := &cobra.Command{
+		Use:   "rollback",
+		Short: "Return to the CA backed up before the rotation",
+		Long: `Restore the cacerts backup taken before the rotation's first write, stepping
+back through the phases with the same guarded writes, restarts and fleet
+proofs as rotate: from issue, first back to the old signer with both roots
+trusted, then to the backup. Refused once the old root is retired: every
+proxy then trusts only the new root, and restoring the old CA would strand
+them; rotate to the old CA instead.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			clusters, err := cf.clusters(env, nil)
+			if err != nil {
+				return err
+			}
+			if !yes && !confirm(env.Streams.In, env.Streams.ErrOut, "Roll back to the backed-up CA?") {
+				return cli.Exit(cli.ExitFailure, fmt.Errorf("aborted: nothing was changed"))
+			}
+			return rotate.New(clusters, rotate.Options{Progress: env.Streams.ErrOut, Now: env.Now}).Rollback(cmd.Context())
+		},
+	}
+	cf.add(cmd)
+	cmd.Flags().BoolVar(&yes, "yes", false, "do not ask for confirmation")
+	return cmd
+}
+
+type sandboxProbe struct {
+	Handshakes, Failures int64
+}
+
+func readProbe(ctx context.Context, dir string) *sandboxProbe {
+	snap, err := sandbox.FetchProbe(ctx, dir, false)
+	if err != nil {
+		return nil
+	}
+	return &sandboxProbe{Handshakes: snap.Handshakes, Failures: snap.Failures}
+}

@@ -1,0 +1,178 @@
+package rotate_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/meshca/meshca/internal/app"
+	"github.com/meshca/meshca/internal/bundle"
+	"github.com/meshca/meshca/internal/cli"
+	"github.com/meshca/meshca/internal/pki"
+	"github.com/meshca/meshca/internal/sandbox"
+)
+
+// buildMeshca builds the meshca binary for tests that run it as a process.
+func buildMeshca(t *testing.T) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	bin := filepath.Join(t.TempDir(), "meshca")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/meshca")
+	cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build meshca: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func writeRoot(t *testing.T, root *pki.CA) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "root")
+	if err := bundle.WriteRoot(dir, root, false); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+var (
+	stampRE = regexp.MustCompile(`^\[[^\]]*\]\s*`)
+	noiseRE = regexp.MustCompile(`\(.*\)|[0-9a-f]{10,}|[0-9.]+m?s\b`)
+)
+
+// killPoint names where a run was killed: its last progress line without
+// times and fingerprints.
+func killPoint(line string) string {
+	return strings.TrimSpace(noiseRE.ReplaceAllString(stampRE.ReplaceAllString(line, ""), ""))
+}
+
+// TestKillNineAnywhereThenResume kills `meshca rotate` with SIGKILL at many
+// points (between and inside phases) and re-runs it each time: every run
+// continues from what the cluster holds, the probe sees no failed
+// handshake, and no CA material is lost.
+func TestKillNineAnywhereThenResume(t *testing.T) {
+	s := startSandbox(t, healthy(sandbox.Options{}))
+	tg := newTarget(t, s, "sandbox")
+	bin := buildMeshca(t)
+	root := newRoot(t)
+	rootDir := writeRoot(t, root)
+	points := map[string]int{}
+	s.ResetProbe()
+	rotateArgs := func() []string {
+		return []string{"rotate", "--kubeconfig", s.Kubeconfig(), "--root", rootDir, "--key-type", "ecdsa-p256", "--yes", "--reload-timeout", "30s", "--verify-timeout", "1m"}
+	}
+	// Kill points in rotation order; each run is killed at the next one, so
+	// that every run resumes from the state the previous kill left.
+	targets := []string{
+		"backed up cacerts",
+		"rotation recorded",
+		"phase trust: wrote cacerts",
+		"phase trust: waiting for istiod",
+		"phase trust: restarting daemonset",
+		"phase trust: daemonset/istio-system/ztunnel rolled out",
+		"phase trust: verifying the fleet",
+		"phase trust: ✓ proven",
+		"phase issue: wrote cacerts",
+		"phase issue: waiting for istiod",
+		"phase issue: restarting daemonset",
+		"phase issue: verifying the fleet",
+		"phase issue: ✓ proven",
+		"phase retire: wrote cacerts",
+		"phase retire: restarting daemonset",
+		"phase retire: verifying the fleet",
+	}
+	for next := 0; next < len(targets); {
+		cmd := exec.Command(bin, rotateArgs()...)
+		stderr, err := cmd.StderrPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(stderr)
+		last, hit := "", -1
+		for sc.Scan() && hit < 0 {
+			last = sc.Text()
+			for i := next; i < len(targets); i++ {
+				if strings.Contains(last, targets[i]) {
+					_ = cmd.Process.Kill() // SIGKILL: no cleanup of any kind
+					hit = i
+					break
+				}
+			}
+		}
+		_ = cmd.Wait()
+		if hit < 0 {
+			if code := cmd.ProcessState.ExitCode(); code != 0 {
+				t.Fatalf("run to be killed at %q exited %d; last line %q", targets[next], code, last)
+			}
+			t.Logf("the run finished before reaching %q", targets[next])
+			break
+		}
+		points[killPoint(last)]++
+		next = hit + 1
+	}
+	var final bytes.Buffer
+	cmd := exec.Command(bin, rotateArgs()...)
+	cmd.Stderr = &final
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("final run: %v\n%s", err, final.String())
+	}
+	t.Logf("killed at %d distinct points:", len(points))
+	for p, n := range points {
+		t.Logf("  %dx %s", n, p)
+	}
+	if len(points) < 10 {
+		t.Errorf("only %d distinct kill points, want at least 10", len(points))
+	}
+	tg.assertFinal(t, root)
+	assertNoFailures(t, s, "rotations killed with SIGKILL and resumed")
+	// No lost material: the backup is the cacerts the rotation started from.
+	rec := readRecord(t, tg)
+	if !tg.backup(t, rec.BackupSecret).Equal(tg.original) {
+		t.Errorf("backup %s is not the cacerts the rotation started from", rec.BackupSecret)
+	}
+}
+
+// TestOneStepStrategyFailsHandshakesAndSaysSo runs the field note's
+// procedure through the CLI on the sandbox: the probe records failures and
+// meshca's summary reports them.
+func TestOneStepStrategyFailsHandshakesAndSaysSo(t *testing.T) {
+	s := startSandbox(t, healthy(sandbox.Options{}))
+	root := newRoot(t)
+	rootDir := writeRoot(t, root)
+	s.ResetProbe()
+	var out, errOut bytes.Buffer
+	env := &cli.Env{Streams: genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}, Now: time.Now}
+	args := []string{"rotate", "--kubeconfig", s.Kubeconfig(), "--root", rootDir, "--key-type", "ecdsa-p256", "--yes",
+		"--sandbox", s.Dir(), "--strategy", "one-step", "--i-accept-downtime"}
+	if code := app.Run(context.Background(), args, env); code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", code, out.String(), errOut.String())
+	}
+	snap := s.Probe()
+	t.Logf("one-step: %d handshakes, %d failed\n%s", snap.Handshakes, snap.Failures, out.String())
+	if snap.Failures == 0 {
+		t.Errorf("one-step rotation recorded no failed handshake (of %d)", snap.Handshakes)
+	}
+	m := regexp.MustCompile(`(\d+) mTLS handshakes, (\d+) failed`).FindStringSubmatch(out.String())
+	if m == nil || m[2] == "0" {
+		t.Errorf("meshca's summary does not report the failed handshakes:\n%s", out.String())
+	}
+	if !strings.Contains(errOut.String(), "WARNING: --strategy one-step") {
+		t.Errorf("no warning printed for the one-step strategy:\n%s", errOut.String())
+	}
+	// Without --i-accept-downtime it is refused (usage error).
+	env.Streams.Out, env.Streams.ErrOut = &bytes.Buffer{}, &bytes.Buffer{}
+	if code := app.Run(context.Background(), args[:len(args)-1], env); code != cli.ExitUsage {
+		t.Errorf("one-step without --i-accept-downtime: exit %d, want %d", code, cli.ExitUsage)
+	}
+}

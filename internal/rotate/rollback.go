@@ -1,0 +1,178 @@
+package rotate
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/meshca/meshca/internal/bundle"
+	"github.com/meshca/meshca/internal/verify"
+)
+
+// Rollback returns every cluster to the backup taken before the rotation's
+// first write, stepping back through the phases so that no proxy is left
+// with a certificate its peers do not trust: from issue, first back to the
+// old signer with both roots, then to the backup. From retire (or complete)
+// it refuses: every proxy trusts only the new root, and restoring the old
+// CA would strand them all.
+func (e *Engine) Rollback(ctx context.Context) error {
+	e.started = e.opts.Now()
+	for _, c := range e.clusters {
+		if err := e.rollback(ctx, c); err != nil {
+			return fmt.Errorf("cluster %s: %w", c.Name, err)
+		}
+	}
+	return nil
+}
+
+func (e *Engine) rollback(ctx context.Context, c *Cluster) error {
+	st, err := e.load(ctx, c, false)
+	if err != nil {
+		return err
+	}
+	if st.record == nil {
+		return fmt.Errorf("no rotation recorded (configmap %s/%s): nothing to roll back", c.Namespace, RecordName)
+	}
+	if st.record.RolledBack != nil && st.phase == PhaseNone {
+		e.logf("%s: already rolled back to secret %s", c.Name, st.record.BackupSecret)
+		return nil
+	}
+	backup, err := st.s.readBackup(ctx, st.record.BackupSecret)
+	if err != nil {
+		return err
+	}
+	switch st.phase {
+	case PhaseRetire, PhaseComplete:
+		rep, _ := c.Verifier.Verify(ctx, expectation(st.record, PhaseRetire, nil))
+		who := "every proxy"
+		if rep != nil {
+			who = fmt.Sprintf("%d proxies", rep.Total.Match)
+		}
+		return fmt.Errorf("refusing to roll back: the old root is retired and %s trust only the new root %.12s; restoring secret %s would make them reject every certificate istiod issues. To return to the old CA, rotate to it: meshca rotate --ca-dir <old bundle> (a new three-phase rotation)",
+			who, st.record.NewRoot, st.record.BackupSecret)
+	case PhaseIssue:
+		// Step back to the old signer while both roots are trusted.
+		back, err := bundle.Build(bundle.PhaseTrust, backup, st.next, e.opts.Now())
+		if err != nil {
+			return err
+		}
+		if err := e.rollbackTo(ctx, st, back, PhaseTrust); err != nil {
+			return err
+		}
+		if st, err = e.load(ctx, c, false); err != nil {
+			return err
+		}
+		fallthrough
+	case PhaseTrust:
+		if err := e.rollbackTo(ctx, st, backup, PhaseNone); err != nil {
+			return err
+		}
+	case PhaseNone:
+		e.logf("%s: cacerts still holds the original CA", c.Name)
+	}
+	now := e.opts.Now().UTC()
+	st.record.RolledBack = &now
+	if err := st.s.writeRecord(ctx, st.record); err != nil {
+		return err
+	}
+	e.logf("%s: ✓ rolled back to secret %s/%s", c.Name, c.Namespace, st.record.BackupSecret)
+	return nil
+}
+
+// rollbackTo writes want, waits for istiod (restarting it when the change is
+// not hot-reloadable), restarts what must be restarted and proves phase p.
+func (e *Engine) rollbackTo(ctx context.Context, st *state, want *bundle.Bundle, p Phase) error {
+	step := fmt.Sprintf("%s: rollback to %s:", st.c.Name, p)
+	if !want.Equal(st.cur) {
+		reload, terr := bundle.Transition(st.cur, want, true)
+		var err error
+		if st.rv, err = st.s.writeCACerts(ctx, want, st.rv); err != nil {
+			return err
+		}
+		if terr != nil {
+			e.logf("%s wrote cacerts; istiod cannot hot-reload this change (%v), restarting it", step, terr)
+			if err := e.restart(ctx, st, step, istiodRefs(ctx, st)...); err != nil {
+				return err
+			}
+		} else {
+			e.logf("%s wrote cacerts (%s)", step, describeWrite(st.cur, want, reload))
+		}
+	}
+	if err := e.waitIstiod(ctx, st, want, step); err != nil {
+		return err
+	}
+	_, err := e.converge(ctx, st, p, want.RootCert, false, step)
+	return err
+}
+
+// ClusterStatus is where one cluster's rotation stands.
+type ClusterStatus struct {
+	Context      string   `json:"context"`
+	Phase        Phase    `json:"phase"`
+	BackupSecret string   `json:"backupSecret,omitempty"`
+	OldRoots     []string `json:"oldRoots"`
+	NewRoot      string   `json:"newRoot,omitempty"`
+	// Signer is the fingerprint of the certificate cacerts signs with now.
+	Signer string `json:"signer"`
+	// Roots are the fingerprints in cacerts' root-cert.pem now.
+	Roots []string `json:"roots"`
+	// Record is the rotation record, when a rotation was started.
+	Record *Record `json:"record,omitempty"`
+	// Fleet is the verification against what cacerts holds now.
+	Fleet *verify.Counts `json:"fleet,omitempty"`
+	// FleetByKind breaks Fleet down per kind of proxy.
+	FleetByKind []verify.KindSummary `json:"fleetByKind,omitempty"`
+	// Next says what `meshca rotate` would do next.
+	Next string `json:"next"`
+}
+
+// Status reports each cluster's phase, fingerprints and fleet convergence.
+func (e *Engine) Status(ctx context.Context) ([]ClusterStatus, error) {
+	var out []ClusterStatus
+	for _, c := range e.clusters {
+		st, err := e.load(ctx, c, false)
+		if err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+		}
+		p, err := st.cur.Parse()
+		if err != nil {
+			return nil, err
+		}
+		cs := ClusterStatus{Context: c.Name, Phase: PhaseNone, Signer: fingerprint(p.Signer), Roots: uniqueFPs(p.Roots), Record: st.record}
+		cs.OldRoots = cs.Roots
+		if st.record != nil {
+			cs.Phase, cs.BackupSecret, cs.OldRoots, cs.NewRoot = st.phase, st.record.BackupSecret, st.record.OldRoots, st.record.NewRoot
+			if st.record.RolledBack != nil && st.phase == PhaseNone {
+				cs.Phase = PhaseRolledBack
+			}
+		}
+		exp := verify.Expectation{Source: "secret " + c.Namespace + "/" + CACertsSecret, Roots: slices.Sorted(slices.Values(cs.Roots)), Signer: cs.Signer}
+		if rep, err := c.Verifier.Verify(ctx, exp); err == nil {
+			cs.Fleet = &rep.Total
+			cs.FleetByKind = rep.Kinds
+		}
+		cs.Next = nextAction(cs.Phase, st.record)
+		out = append(out, cs)
+	}
+	return out, nil
+}
+
+func nextAction(p Phase, r *Record) string {
+	switch {
+	case r == nil || p == PhaseRolledBack:
+		return "nothing in progress: meshca rotate --root DIR starts a rotation"
+	case p == PhaseNone:
+		return "write the trust bundle (old signer, old + new roots), restart ztunnel, prove both roots everywhere"
+	case p == PhaseTrust && !r.proven(PhaseTrust):
+		return "finish phase trust: prove both roots on every proxy (restart ztunnel if needed)"
+	case p == PhaseTrust:
+		return "write the issue bundle (new signer), restart ztunnel, prove every leaf comes from the new intermediate"
+	case p == PhaseIssue && !r.proven(PhaseIssue):
+		return "finish phase issue: prove every leaf comes from the new intermediate"
+	case p == PhaseIssue:
+		return "write the retire bundle (new root only), once no proxy holds a certificate from the old CA"
+	case p == PhaseRetire:
+		return "finish phase retire: prove every proxy trusts only the new root"
+	}
+	return "nothing: the rotation is complete"
+}

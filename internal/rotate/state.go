@@ -1,0 +1,345 @@
+// Package rotate is the rotation engine: it replaces the CA of a live mesh in
+// the three phases of istio-ca-facts.md §5 (trust, issue, retire), one or
+// several clusters at a time, proving each phase on the whole fleet before
+// the next, and rolls back to the backup it takes before the first write.
+//
+// The cluster is the source of truth. The phase is derived from what the
+// cacerts Secret holds (which signer, which roots) against a small record
+// kept next to it — ConfigMap meshca-rotation: the old and new fingerprints,
+// the backup Secret's name, the time of each transition — and from what the
+// fleet proves. The new cluster bundle waits in Secret meshca-rotation-next
+// (the new intermediate, never the root key). A rotation interrupted at any
+// point is continued by running it again; every write of cacerts carries the
+// resourceVersion it was computed from, so a concurrent edit is detected and
+// never overwritten.
+package rotate
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshca/meshca/internal/bundle"
+	"github.com/meshca/meshca/internal/pki"
+)
+
+// Names of the objects meshca keeps next to cacerts.
+const (
+	CACertsSecret = "cacerts"
+	RecordName    = "meshca-rotation"
+	NextSecret    = "meshca-rotation-next"
+	recordKey     = "state.json"
+	// BackupPrefix starts the name of backup Secrets; the rest is the start
+	// of the SHA-256 of the backed-up data, so the name is the same on a
+	// re-run and a backup is never duplicated.
+	BackupPrefix = "cacerts-backup-"
+	// LabelManagedBy marks every object meshca creates.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	managedBy      = "meshca"
+)
+
+// Phase is where a cluster's rotation stands, derived from cacerts.
+type Phase string
+
+// Phases of a rotation, in order. Complete is Retire proven on the fleet.
+const (
+	PhaseNone       Phase = "none"
+	PhaseTrust      Phase = "trust"
+	PhaseIssue      Phase = "issue"
+	PhaseRetire     Phase = "retire"
+	PhaseComplete   Phase = "complete"
+	PhaseRolledBack Phase = "rolled-back"
+)
+
+// index orders phases; unknown phases sort first.
+func (p Phase) index() int {
+	return slices.Index([]Phase{PhaseNone, PhaseTrust, PhaseIssue, PhaseRetire, PhaseComplete}, p)
+}
+
+// Transition records when a phase was written and proven.
+type Transition struct {
+	Phase   Phase      `json:"phase"`
+	Written *time.Time `json:"written,omitempty"`
+	Proven  *time.Time `json:"proven,omitempty"`
+}
+
+// Record is the rotation's record, kept in ConfigMap meshca-rotation for
+// humans and for `meshca status`. It holds fingerprints only, never keys.
+type Record struct {
+	// Strategy is phased or one-step.
+	Strategy string `json:"strategy"`
+	// OldRoots and OldSigner are the fingerprints of the CA being replaced.
+	OldRoots  []string `json:"oldRoots"`
+	OldSigner string   `json:"oldSigner"`
+	// NewRoot and NewSigner are the fingerprints of the new CA.
+	NewRoot   string `json:"newRoot"`
+	NewSigner string `json:"newSigner"`
+	// BackupSecret is the Secret holding the original cacerts, byte for byte.
+	BackupSecret string `json:"backupSecret"`
+	// Started is when the rotation began.
+	Started time.Time `json:"started"`
+	// Transitions lists each phase's write and proof times.
+	Transitions []Transition `json:"transitions"`
+	// RolledBack is set when `meshca rollback` restored the backup.
+	RolledBack *time.Time `json:"rolledBack,omitempty"`
+
+	resourceVersion string
+}
+
+// mark records a transition time.
+func (r *Record) mark(p Phase, proven bool, t time.Time) {
+	t = t.UTC()
+	for i := range r.Transitions {
+		if r.Transitions[i].Phase == p {
+			if proven {
+				r.Transitions[i].Proven = &t
+			} else if r.Transitions[i].Written == nil {
+				r.Transitions[i].Written = &t
+			}
+			return
+		}
+	}
+	tr := Transition{Phase: p}
+	if proven {
+		tr.Proven = &t
+	} else {
+		tr.Written = &t
+	}
+	r.Transitions = append(r.Transitions, tr)
+}
+
+// proven reports whether phase p was proven on the fleet.
+func (r *Record) proven(p Phase) bool {
+	for _, t := range r.Transitions {
+		if t.Phase == p && t.Proven != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// store is the Kubernetes side of a cluster's rotation state.
+type store struct {
+	client    kubernetes.Interface
+	namespace string
+}
+
+// readCACerts returns the cacerts bundle and the Secret's resourceVersion.
+func (s store) readCACerts(ctx context.Context) (*bundle.Bundle, string, error) {
+	sec, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, CACertsSecret, metav1.GetOptions{})
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, "", fmt.Errorf("secret %s/%s not found: istiod uses its self-signed CA; a rotation needs a plug-in CA (create cacerts with `meshca ca intermediate` output, then restart istiod)", s.namespace, CACertsSecret)
+		}
+		return nil, "", fmt.Errorf("read secret %s/%s: %w", s.namespace, CACertsSecret, err)
+	}
+	b, err := bundle.FromSecretData("secret "+s.namespace+"/"+CACertsSecret, sec.Data)
+	if err != nil {
+		return nil, "", err
+	}
+	return b, sec.ResourceVersion, nil
+}
+
+// ErrConcurrentEdit is returned when cacerts changed under the engine.
+var ErrConcurrentEdit = errors.New("cacerts was changed by someone else during the rotation")
+
+// writeCACerts replaces cacerts' data, only if the Secret is still at
+// resourceVersion rv.
+func (s store) writeCACerts(ctx context.Context, b *bundle.Bundle, rv string) (string, error) {
+	secrets := s.client.CoreV1().Secrets(s.namespace)
+	sec, err := secrets.Get(ctx, CACertsSecret, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read secret %s/%s: %w", s.namespace, CACertsSecret, err)
+	}
+	if sec.ResourceVersion != rv {
+		return "", fmt.Errorf("%w (secret %s/%s resourceVersion %s, expected %s): nothing was overwritten; check who changed it, then run meshca rotate again to continue from what the cluster holds",
+			ErrConcurrentEdit, s.namespace, CACertsSecret, sec.ResourceVersion, rv)
+	}
+	sec.Data = b.SecretData()
+	updated, err := secrets.Update(ctx, sec, metav1.UpdateOptions{})
+	if apierrors.IsConflict(err) {
+		return "", fmt.Errorf("%w (secret %s/%s): the write was refused, nothing was overwritten; run meshca rotate again to continue from what the cluster holds",
+			ErrConcurrentEdit, s.namespace, CACertsSecret)
+	}
+	if err != nil {
+		return "", fmt.Errorf("write secret %s/%s: %w", s.namespace, CACertsSecret, err)
+	}
+	return updated.ResourceVersion, nil
+}
+
+// backupName is the content-addressed name of the backup of data.
+func backupName(data map[string][]byte) string {
+	h := sha256.New()
+	keys := make([]string, 0, len(data))
+	for k := range data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		_, _ = fmt.Fprintf(h, "%s\x00%d\x00", k, len(data[k]))
+		h.Write(data[k])
+	}
+	return BackupPrefix + hex.EncodeToString(h.Sum(nil))[:10]
+}
+
+// backup copies cur into a backup Secret and reads it back to prove the copy
+// is byte-for-byte equal before anything else changes.
+func (s store) backup(ctx context.Context, cur *bundle.Bundle) (string, error) {
+	data := cur.SecretData()
+	name := backupName(data)
+	secrets := s.client.CoreV1().Secrets(s.namespace)
+	_, err := secrets.Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.namespace, Labels: map[string]string{LabelManagedBy: managedBy, "meshca.io/backup-of": CACertsSecret}},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       data,
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return "", fmt.Errorf("create backup secret %s/%s: %w", s.namespace, name, err)
+	}
+	got, err := secrets.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read back backup secret %s/%s: %w", s.namespace, name, err)
+	}
+	back, err := bundle.FromSecretData("secret "+s.namespace+"/"+name, got.Data)
+	if err != nil || !back.Equal(cur) {
+		return "", fmt.Errorf("backup secret %s/%s does not equal cacerts byte for byte: refusing to continue (delete it and run again)", s.namespace, name)
+	}
+	return name, nil
+}
+
+// readBackup returns the backed-up bundle.
+func (s store) readBackup(ctx context.Context, name string) (*bundle.Bundle, error) {
+	sec, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("read backup secret %s/%s: %w", s.namespace, name, err)
+	}
+	return bundle.FromSecretData("secret "+s.namespace+"/"+name, sec.Data)
+}
+
+// readNext returns the pending new bundle, or nil when there is none.
+func (s store) readNext(ctx context.Context) (*bundle.Bundle, error) {
+	sec, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, NextSecret, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read secret %s/%s: %w", s.namespace, NextSecret, err)
+	}
+	return bundle.FromSecretData("secret "+s.namespace+"/"+NextSecret, sec.Data)
+}
+
+// writeNext stores the pending new bundle.
+func (s store) writeNext(ctx context.Context, b *bundle.Bundle) error {
+	secrets := s.client.CoreV1().Secrets(s.namespace)
+	sec := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: NextSecret, Namespace: s.namespace, Labels: map[string]string{LabelManagedBy: managedBy}},
+		Type:       corev1.SecretTypeOpaque,
+		Data:       b.SecretData(),
+	}
+	_, err := secrets.Create(ctx, sec, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		_, err = secrets.Update(ctx, sec, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("write secret %s/%s: %w", s.namespace, NextSecret, err)
+	}
+	return nil
+}
+
+// readRecord returns the rotation record, or nil when there is none.
+func (s store) readRecord(ctx context.Context) (*Record, error) {
+	cm, err := s.client.CoreV1().ConfigMaps(s.namespace).Get(ctx, RecordName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read configmap %s/%s: %w", s.namespace, RecordName, err)
+	}
+	var r Record
+	if err := json.Unmarshal([]byte(cm.Data[recordKey]), &r); err != nil {
+		return nil, fmt.Errorf("configmap %s/%s: %s is not valid: %w", s.namespace, RecordName, recordKey, err)
+	}
+	r.resourceVersion = cm.ResourceVersion
+	return &r, nil
+}
+
+// writeRecord creates or updates the record with optimistic concurrency.
+func (s store) writeRecord(ctx context.Context, r *Record) error {
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: RecordName, Namespace: s.namespace, Labels: map[string]string{LabelManagedBy: managedBy}, ResourceVersion: r.resourceVersion},
+		Data:       map[string]string{recordKey: string(data)},
+	}
+	cms := s.client.CoreV1().ConfigMaps(s.namespace)
+	var out *corev1.ConfigMap
+	if r.resourceVersion == "" {
+		out, err = cms.Create(ctx, cm, metav1.CreateOptions{})
+	} else {
+		out, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	}
+	if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("configmap %s/%s changed concurrently: is another meshca rotate running against this cluster? %w", s.namespace, RecordName, err)
+	}
+	if err != nil {
+		return fmt.Errorf("write configmap %s/%s: %w", s.namespace, RecordName, err)
+	}
+	r.resourceVersion = out.ResourceVersion
+	return nil
+}
+
+// derive tells the phase cacerts is in, given the record's fingerprints.
+func derive(cur *bundle.Bundle, r *Record) (Phase, error) {
+	p, err := cur.Parse()
+	if err != nil {
+		return "", err
+	}
+	signer := pki.Fingerprint(p.Signer)
+	roots := pki.Fingerprints(p.Roots)
+	hasNew := slices.Contains(roots, r.NewRoot)
+	hasOld := false
+	for _, o := range r.OldRoots {
+		if o != r.NewRoot && slices.Contains(roots, o) {
+			hasOld = true
+		}
+	}
+	switch {
+	case signer == r.OldSigner && !hasNew:
+		return PhaseNone, nil
+	case signer == r.OldSigner && hasNew:
+		return PhaseTrust, nil
+	case signer == r.NewSigner && hasNew && hasOld:
+		return PhaseIssue, nil
+	case signer == r.NewSigner && hasNew && !hasOld:
+		if r.proven(PhaseRetire) {
+			return PhaseComplete, nil
+		}
+		return PhaseRetire, nil
+	}
+	return "", fmt.Errorf("%w: %s holds signer %.12s and roots %v, which match no phase of the rotation recorded in configmap %s (old signer %.12s, new signer %.12s, new root %.12s); nothing was changed — restore it, or roll back with meshca rollback",
+		ErrConcurrentEdit, cur.Source, signer, shortFPs(roots), RecordName, r.OldSigner, r.NewSigner, r.NewRoot)
+}
+
+func shortFPs(fps []string) []string {
+	out := make([]string, len(fps))
+	for i, f := range fps {
+		out[i] = f[:min(12, len(f))]
+	}
+	return out
+}
+
+func fingerprint(c *x509.Certificate) string { return pki.Fingerprint(c) }
