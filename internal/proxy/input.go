@@ -7,26 +7,27 @@ import (
 )
 
 // ReadInput reads a dump from path, or from stdin when path is "-", refusing
-// anything larger than MaxDumpSize.
-func ReadInput(path string, stdin io.Reader) ([]byte, error) {
-	name := path
+// anything larger than MaxDumpSize; source names where it came from ("file
+// X" or "stdin") for messages.
+func ReadInput(path string, stdin io.Reader) (data []byte, source string, err error) {
+	source = "file " + path
 	r := stdin
 	if path == "-" {
-		name = "stdin"
+		source = "stdin"
 	} else {
 		f, err := os.Open(path)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		defer func() { _ = f.Close() }()
 		r = f
 	}
-	data, err := io.ReadAll(io.LimitReader(r, MaxDumpSize+1))
+	data, err = io.ReadAll(io.LimitReader(r, MaxDumpSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
+		return nil, "", fmt.Errorf("read %s: %w", source, err)
 	}
 	if len(data) > MaxDumpSize {
-		return nil, fmt.Errorf("%s: larger than %d MiB: not a config dump", name, MaxDumpSize>>20)
+		return nil, "", fmt.Errorf("%s: larger than %d MiB: not a config dump", source, MaxDumpSize>>20)
 	}
-	return data, nil
+	return data, source, nil
 }

@@ -6,7 +6,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -34,13 +33,11 @@ func NewCmd(env *cli.Env) *cobra.Command {
 }
 
 type certsOptions struct {
-	env      *cli.Env
-	pod      string
-	file     string
-	output   string
-	port     int
-	timeout  time.Duration
-	attempts int
+	env    *cli.Env
+	pod    string
+	file   string
+	output string
+	fetch  kube.FetchFlags
 
 	format report.Format
 }
@@ -90,9 +87,7 @@ Fields are only ever added within an apiVersion.`,
 	f := cmd.Flags()
 	f.StringVarP(&o.file, "file", "f", "", "read a saved secrets dump from FILE, - for stdin")
 	f.StringVarP(&o.output, "output", "o", "table", "output format: table|wide|json|yaml")
-	f.IntVar(&o.port, "port", kube.AdminPort, "envoy admin port in the pod")
-	f.DurationVar(&o.timeout, "timeout", kube.DefaultTimeout, "timeout of each attempt to read the pod")
-	f.IntVar(&o.attempts, "attempts", kube.DefaultAttempts, "attempts for transient failures")
+	o.fetch.AddFlags(f, "envoy")
 	return cmd
 }
 
@@ -107,14 +102,8 @@ func (o *certsOptions) complete(args []string) error {
 	if (o.pod == "") == (o.file == "") {
 		return cli.Usage("name exactly one of POD or -f FILE")
 	}
-	if o.port <= 0 || o.port > 65535 {
-		return cli.Usage("--port %d: not a port number", o.port)
-	}
-	if o.timeout <= 0 {
-		return cli.Usage("--timeout must be positive")
-	}
-	if o.attempts < 1 {
-		return cli.Usage("--attempts must be at least 1")
+	if err := o.fetch.Validate(); err != nil {
+		return cli.Exit(cli.ExitUsage, err)
 	}
 	return nil
 }
@@ -140,21 +129,14 @@ func (o *certsOptions) run(ctx context.Context) error {
 // read returns the dump and a description of where it came from.
 func (o *certsOptions) read(ctx context.Context) ([]byte, string, error) {
 	if o.file != "" {
-		data, err := dump.ReadInput(o.file, o.env.Streams.In)
-		if err != nil {
-			return nil, "", err
-		}
-		if o.file == "-" {
-			return data, "stdin", nil
-		}
-		return data, "file " + o.file, nil
+		return dump.ReadInput(o.file, o.env.Streams.In)
 	}
 	client, err := kube.NewClient(o.env.Kube)
 	if err != nil {
 		return nil, "", err
 	}
 	f := kube.NewFetcher(client)
-	f.Port, f.Timeout, f.Attempts = o.port, o.timeout, o.attempts
+	o.fetch.Apply(f)
 	data, err := f.Get(ctx, client.Namespace, o.pod, SecretsPath)
 	if err != nil {
 		return nil, "", err

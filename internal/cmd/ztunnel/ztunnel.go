@@ -6,7 +6,6 @@ package ztunnel
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -40,9 +39,7 @@ type certsOptions struct {
 	file     string
 	output   string
 	selector string
-	port     int
-	timeout  time.Duration
-	attempts int
+	fetch    kube.FetchFlags
 
 	format report.Format
 }
@@ -102,9 +99,7 @@ Fields are only ever added within an apiVersion.`,
 	f.StringVar(&o.node, "node", "", "read the ztunnel pod running on NODE")
 	f.StringVarP(&o.output, "output", "o", "table", "output format: table|wide|json|yaml")
 	f.StringVar(&o.selector, "selector", "app=ztunnel", "label selector of ztunnel pods, for --node")
-	f.IntVar(&o.port, "port", kube.AdminPort, "ztunnel admin port in the pod")
-	f.DurationVar(&o.timeout, "timeout", kube.DefaultTimeout, "timeout of each attempt to read the pod")
-	f.IntVar(&o.attempts, "attempts", kube.DefaultAttempts, "attempts for transient failures")
+	o.fetch.AddFlags(f, "ztunnel")
 	return cmd
 }
 
@@ -125,14 +120,8 @@ func (o *certsOptions) complete(args []string) error {
 	if sources != 1 {
 		return cli.Usage("name exactly one of POD, --node NODE or -f FILE")
 	}
-	if o.port <= 0 || o.port > 65535 {
-		return cli.Usage("--port %d: not a port number", o.port)
-	}
-	if o.timeout <= 0 {
-		return cli.Usage("--timeout must be positive")
-	}
-	if o.attempts < 1 {
-		return cli.Usage("--attempts must be at least 1")
+	if err := o.fetch.Validate(); err != nil {
+		return cli.Exit(cli.ExitUsage, err)
 	}
 	return nil
 }
@@ -158,14 +147,7 @@ func (o *certsOptions) run(ctx context.Context) error {
 // read returns the dump and a description of where it came from.
 func (o *certsOptions) read(ctx context.Context) ([]byte, string, error) {
 	if o.file != "" {
-		data, err := proxy.ReadInput(o.file, o.env.Streams.In)
-		if err != nil {
-			return nil, "", err
-		}
-		if o.file == "-" {
-			return data, "stdin", nil
-		}
-		return data, "file " + o.file, nil
+		return proxy.ReadInput(o.file, o.env.Streams.In)
 	}
 	client, err := kube.NewClient(o.env.Kube)
 	if err != nil {
@@ -183,7 +165,7 @@ func (o *certsOptions) read(ctx context.Context) ([]byte, string, error) {
 		ns, pod = p.Namespace, p.Name
 	}
 	f := kube.NewFetcher(client)
-	f.Port, f.Timeout, f.Attempts = o.port, o.timeout, o.attempts
+	o.fetch.Apply(f)
 	data, err := f.Get(ctx, ns, pod, "/config_dump")
 	if err != nil {
 		return nil, "", err
