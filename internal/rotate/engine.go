@@ -166,8 +166,9 @@ func (e *Engine) load(ctx context.Context, c *Cluster, create bool) (*state, err
 	if st.record, err = st.s.readRecord(ctx); err != nil {
 		return nil, err
 	}
+	wantRoot := e.newRoot(c)
 	if st.record != nil && create && (st.record.RolledBack != nil ||
-		e.isFinished(st) && e.opts.Root != nil && pki.Fingerprint(e.opts.Root.Cert) != st.record.NewRoot) {
+		e.isFinished(st) && wantRoot != "" && wantRoot != st.record.NewRoot) {
 		// A new rotation after a rolled-back or finished one replaces the
 		// record (its backup Secret stays).
 		st.prevRecordRV = st.record.resourceVersion
@@ -187,14 +188,29 @@ func (e *Engine) load(ctx context.Context, c *Cluster, create bool) (*state, err
 	if st.next == nil {
 		return nil, fmt.Errorf("secret %s/%s with the new CA is missing although configmap %s records a rotation: it was deleted; restore it or roll back", c.Namespace, NextSecret, RecordName)
 	}
-	if e.opts.Root != nil && pki.Fingerprint(e.opts.Root.Cert) != st.record.NewRoot {
+	if wantRoot != "" && wantRoot != st.record.NewRoot {
 		return nil, fmt.Errorf("cluster %s: a rotation to root %.12s is in progress (configmap %s/%s); finish it with that root or roll back (meshca rollback) before rotating to %.12s",
-			c.Name, st.record.NewRoot, c.Namespace, RecordName, pki.Fingerprint(e.opts.Root.Cert))
+			c.Name, st.record.NewRoot, c.Namespace, RecordName, wantRoot)
 	}
 	if st.phase, err = derive(st.cur, st.record); err != nil {
 		return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
 	}
 	return st, nil
+}
+
+// newRoot is the fingerprint of the root this run rotates to: --root, or
+// the root of the cluster's own bundle (--ca-dir); "" when neither is given
+// (status, rollback, or resuming without naming the root).
+func (e *Engine) newRoot(c *Cluster) string {
+	switch {
+	case e.opts.Root != nil:
+		return pki.Fingerprint(e.opts.Root.Cert)
+	case c.CA != nil:
+		if root, err := bundle.SignerRoot(c.CA, e.opts.Now()); err == nil {
+			return pki.Fingerprint(root)
+		}
+	}
+	return ""
 }
 
 func (e *Engine) isFinished(st *state) bool {

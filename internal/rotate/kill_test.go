@@ -176,3 +176,34 @@ func TestOneStepStrategyFailsHandshakesAndSaysSo(t *testing.T) {
 		t.Errorf("one-step without --i-accept-downtime: exit %d, want %d", code, cli.ExitUsage)
 	}
 }
+
+// TestBringYourOwnIntermediate rotates to an intermediate issued by a
+// company PKI (--ca-dir): meshca issues nothing and never sees the root key.
+func TestBringYourOwnIntermediate(t *testing.T) {
+	s := startSandbox(t, healthy(sandbox.Options{Nodes: 2}))
+	tg := newTarget(t, s, "sandbox")
+	root := newRoot(t)
+	inter, err := pki.NewIntermediate(root, pki.IntermediateOptions{Cluster: "company", KeyType: pki.ECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundle.FromCA(root, inter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "company")
+	if err := b.Write(dir, false); err != nil {
+		t.Fatal(err)
+	}
+	s.ResetProbe()
+	var out, errOut bytes.Buffer
+	env := &cli.Env{Streams: genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}, Now: time.Now}
+	if code := app.Run(context.Background(), []string{"rotate", "--kubeconfig", s.Kubeconfig(), "--ca-dir", dir, "--yes"}, env); code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", code, out.String(), errOut.String())
+	}
+	tg.assertFinal(t, root)
+	if got := mustParse(t, tg.cacerts(t)).Signer; !got.Equal(inter.Cert) {
+		t.Error("cacerts does not sign with the given intermediate")
+	}
+	assertNoFailures(t, s, "rotation to a bring-your-own intermediate")
+}
