@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	goruntime "runtime"
 	"strconv"
 	"strings"
@@ -51,7 +50,6 @@ func BenchmarkFleetWalkKwok(b *testing.B) {
 		}
 		b.Skip(msg)
 	}
-	cfg.AssetsDir = fixedAssets(b, filepath.Join(bin, "assets"))
 	nodes, envoys := envInt("MESHCA_BENCH_NODES", 1000), envInt("MESHCA_BENCH_ENVOYS", 200)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
@@ -261,49 +259,4 @@ func clusterCPU(pids map[string]int) map[string]time.Duration {
 		out[name] = time.Duration(ut+st) * 10 * time.Millisecond
 	}
 	return out
-}
-
-// fixedAssets copies the sandbox assets with kwok's node stages changed to
-// always write the node's addresses (InternalIP from --node-ip, Hostname
-// from the node's name). As shipped, NodeName renders empty, so a node never
-// gets a Hostname address, and whenever node-initialize runs again (after
-// the node-lifecycle controller marks a node Unknown, which happens on a
-// loaded control plane) its template writes "addresses:" with no entries,
-// wiping them: the API server then refuses every port-forward to the
-// node's pods ("no preferred addresses found; known addresses: []") until
-// the next heartbeat restores them.
-func fixedAssets(b *testing.B, src string) string {
-	b.Helper()
-	dst := filepath.Join(b.TempDir(), "assets")
-	if err := os.CopyFS(dst, os.DirFS(src)); err != nil {
-		b.Fatal(err)
-	}
-	const addresses = `      addresses:
-      {{ with NodeIP }}
-      - address: {{ . | Quote }}
-        type: InternalIP
-      {{ end }}
-      - address: {{ .metadata.name | Quote }}
-        type: Hostname
-
-`
-	for file, from := range map[string]string{
-		"node-initialize.yaml":           "      {{ $hasInternalIP := false }}",
-		"node-heartbeat-with-lease.yaml": "      addresses:\n      {{ with .status.addresses }}",
-	} {
-		stage := filepath.Join(dst, "kwok", "stages", file)
-		data, err := os.ReadFile(stage)
-		if err != nil {
-			b.Fatal(err)
-		}
-		text := string(data)
-		start, end := strings.Index(text, from), strings.Index(text, "      {{ with NodePort }}")
-		if start < 0 || end < start {
-			b.Fatalf("%s: addresses block not found", stage)
-		}
-		if err := os.WriteFile(stage, []byte(text[:start]+addresses+text[end:]), 0o644); err != nil {
-			b.Fatal(err)
-		}
-	}
-	return dst
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/kube"
@@ -25,15 +24,6 @@ import (
 	"github.com/meshca/meshca/internal/report"
 	fleet "github.com/meshca/meshca/internal/verify"
 )
-
-// cluster is what the command needs from a cluster: a client for discovery
-// and a way to read one proxy. Tests provide their own.
-type cluster struct {
-	clientset kubernetes.Interface
-	fetch     fleet.Fetch
-	// namespace is -n when given, else "" (discover istiod's namespace).
-	namespace string
-}
 
 type options struct {
 	env          *cli.Env
@@ -50,7 +40,7 @@ type options struct {
 
 	format report.Format
 	// connect reaches the cluster; a seam for tests.
-	connect func(o *options) (*cluster, error)
+	connect func(o *options) (fleet.Source, error)
 }
 
 // NewCmd returns `meshca verify`.
@@ -58,7 +48,7 @@ func NewCmd(env *cli.Env) *cobra.Command {
 	return newCmd(env, connect)
 }
 
-func newCmd(env *cli.Env, connect func(*options) (*cluster, error)) *cobra.Command {
+func newCmd(env *cli.Env, connect func(*options) (fleet.Source, error)) *cobra.Command {
 	o := &options{env: env, connect: connect}
 	cmd := &cobra.Command{
 		Use:   "verify",
@@ -180,67 +170,32 @@ func (o *options) flagExpectation() (fleet.Expectation, error) {
 }
 
 // connect reaches the cluster of the global kube flags.
-func connect(o *options) (*cluster, error) {
+func connect(o *options) (fleet.Source, error) {
 	client, err := kube.NewClient(o.env.Kube)
 	if err != nil {
-		return nil, err
+		return fleet.Source{}, err
 	}
-	// Each read issues a request or two; --parallel already bounds how many
-	// are in flight, and a client-side QPS limit (client-go's token bucket)
-	// would only serialise the walk. Negative QPS disables it.
-	cfg := rest.CopyConfig(client.Config)
-	cfg.QPS, cfg.Burst = -1, 0
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("create kubernetes client: %w", err)
-	}
-	f := kube.NewFetcher(client)
-	f.Clientset, f.Config = cs, cfg
-	f.Port, f.Attempts = o.port, o.attempts
-	f.Timeout = min(o.timeout, kube.DefaultTimeout)
-	c := &cluster{
-		clientset: client.Clientset,
-		fetch: func(ctx context.Context, p *mesh.Proxy) ([]byte, error) {
-			return f.Get(ctx, p.Namespace, p.Name, fleet.DumpPath(p.Kind))
-		},
-	}
+	lo := fleet.LiveOptions{Port: o.port, Attempts: o.attempts, Timeout: o.timeout}
 	if client.NamespaceExplicit {
-		c.namespace = client.Namespace
+		lo.Namespace = client.Namespace
 	}
-	return c, nil
+	return fleet.LiveSource(client, lo)
 }
 
 func (o *options) run(ctx context.Context) error {
 	now := o.env.Now
 	errOut := o.env.Streams.ErrOut
 	quiet := o.quiet || o.format.Structured()
-	c, err := o.connect(o)
+	src, err := o.connect(o)
 	if err != nil {
 		return err
 	}
 
-	start := now()
 	prog := newProgress(errOut, quiet)
 	prog.update("discovering the mesh")
-	in, err := mesh.Discover(ctx, c.clientset, mesh.Options{Namespace: c.namespace})
-	if err != nil {
-		prog.fail("discovering the mesh")
-		return err
-	}
-	exp, err := o.expectation(ctx, c.clientset, in.Namespace)
-	if err != nil {
-		prog.fail("discovering the mesh")
-		return err
-	}
-	warnings := in.Warnings
-	cms, cmErr := mesh.ReadRootConfigMaps(ctx, c.clientset)
-	if cmErr != nil {
-		warnings = append(warnings, fmt.Sprintf("istio-ca-root-cert ConfigMaps not checked: %v", cmErr))
-	}
-	discovery := now().Sub(start)
-
-	total := len(in.Proxies)
-	rep, walkErr := fleet.Fleet(ctx, in.Proxies, c.fetch, exp, fleet.Options{
+	rep, walkErr := fleet.Run(ctx, src, func(ctx context.Context, ns string) (fleet.Expectation, error) {
+		return o.expectation(ctx, src.Clientset, ns)
+	}, fleet.Options{
 		Parallel: o.parallel,
 		Timeout:  o.timeout,
 		Now:      now,
@@ -248,13 +203,12 @@ func (o *options) run(ctx context.Context) error {
 			prog.update(fmt.Sprintf("reading proxies %d/%d (parallel %d)", done, total, o.parallel))
 		},
 	})
-	rep.Time = start.UTC()
-	rep.Walk.Discovery = discovery
-	rep.Warnings = warnings
-	rep.ListAll = o.all
-	if cmErr == nil {
-		rep.RootConfigMaps = fleet.ConfigMaps(cms, exp)
+	if rep == nil {
+		prog.fail("discovering the mesh")
+		return walkErr
 	}
+	rep.ListAll = o.all
+	total := rep.Total.Total
 	step := fmt.Sprintf("read %d proxies in %s (parallel %d)", total, rep.Walk.Read.Round(time.Millisecond), rep.Walk.Parallel)
 	if rep.Total.Unreadable > 0 {
 		step += fmt.Sprintf(": %d unreadable", rep.Total.Unreadable)
@@ -266,7 +220,7 @@ func (o *options) run(ctx context.Context) error {
 		return fmt.Errorf("verify interrupted: %w", walkErr)
 	}
 	if !o.quiet {
-		for _, w := range warnings {
+		for _, w := range rep.Warnings {
 			_, _ = fmt.Fprintf(errOut, "Warning: %s\n", w)
 		}
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/meshca/meshca/internal/mesh"
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/pki/pkitest"
+	fleet "github.com/meshca/meshca/internal/verify"
 	vt "github.com/meshca/meshca/internal/verify/verifytest"
 )
 
@@ -160,10 +161,10 @@ func replicaSet(ns, name, deployment string) *appsv1.ReplicaSet {
 // aligned.
 func pad(name string, n int) string { return name + strings.Repeat("_", n-len(name)) }
 
-func (w *world) connect(o *options) (*cluster, error) {
-	c := &cluster{
-		clientset: fake.NewClientset(w.objects...),
-		fetch: func(_ context.Context, p *mesh.Proxy) ([]byte, error) {
+func (w *world) connect(o *options) (fleet.Source, error) {
+	c := fleet.Source{
+		Clientset: fake.NewClientset(w.objects...),
+		Fetch: func(_ context.Context, p *mesh.Proxy) ([]byte, error) {
 			if err := w.errs[p.Name]; err != nil {
 				return nil, err
 			}
@@ -175,7 +176,7 @@ func (w *world) connect(o *options) (*cluster, error) {
 		},
 	}
 	if ns := o.env.Kube.Namespace; ns != nil {
-		c.namespace = *ns
+		c.Namespace = *ns
 	}
 	return c, nil
 }

@@ -587,6 +587,7 @@ func (c *Cluster) writeKwokConfig() error {
 		if err != nil {
 			return fmt.Errorf("read kwok stage %s: %w", s, err)
 		}
+		data = fixNodeAddresses(s, data)
 		b.WriteString("---\n")
 		b.Write(data)
 		if !strings.HasSuffix(b.String(), "\n") {
@@ -663,4 +664,41 @@ func (c *Cluster) Binary(name string) string { return filepath.Join(c.cfg.BinDir
 // LogPath returns the log file of a component (Etcd, APIServer, ...).
 func (c *Cluster) LogPath(component string) string {
 	return filepath.Join(c.cfg.Dir, "logs", component+".log")
+}
+
+// nodeAddresses always writes both addresses of a kwok node: InternalIP
+// (--node-ip) and Hostname (the node's name).
+const nodeAddresses = `      addresses:
+      {{ with NodeIP }}
+      - address: {{ . | Quote }}
+        type: InternalIP
+      {{ end }}
+      - address: {{ .metadata.name | Quote }}
+        type: Hostname
+
+`
+
+// fixNodeAddresses replaces the addresses block of kwok v0.8.0's node
+// stages. As shipped, NodeName renders empty, so a node never gets a
+// Hostname address, and whenever node-initialize runs again (after the
+// node-lifecycle controller marks a node Unknown, which happens on a loaded
+// control plane with hundreds of nodes) its template writes "addresses:"
+// with no entries: the API server then refuses every port-forward to the
+// node's pods ("no preferred addresses found") until the next heartbeat.
+//
+// A stage without the shipped block (another kwok version) is kept as is.
+func fixNodeAddresses(stage string, data []byte) []byte {
+	from, ok := map[string]string{
+		"node-initialize.yaml":           "      {{ $hasInternalIP := false }}",
+		"node-heartbeat-with-lease.yaml": "      addresses:\n      {{ with .status.addresses }}",
+	}[filepath.Base(stage)]
+	if !ok {
+		return data
+	}
+	text := string(data)
+	start, end := strings.Index(text, from), strings.Index(text, "      {{ with NodePort }}")
+	if start < 0 || end < start {
+		return data
+	}
+	return []byte(text[:start] + nodeAddresses + text[end:])
 }
