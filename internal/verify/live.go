@@ -46,6 +46,8 @@ func LiveSource(client *kube.Client, opts LiveOptions) (Source, error) {
 	}
 	f := kube.NewFetcher(client)
 	f.Clientset, f.Config = cs, cfg
+	// Run reads only the pods discovery has just listed as running.
+	f.SkipPodCheck = true
 	if opts.Port != 0 {
 		f.Port = opts.Port
 	}
