@@ -46,12 +46,12 @@ const (
 
 // installSpec is what Install creates.
 type installSpec struct {
-	Nodes, Workloads int
-	CertTTL          string
-	MultiRoot        bool
-	XDSAgent         bool
-	ZtunnelVersion   string
-	Bundle           *bundle.Bundle
+	Workloads      int
+	CertTTL        string
+	MultiRoot      bool
+	XDSAgent       bool
+	ZtunnelVersion string
+	Bundle         *bundle.Bundle
 	// AppNamespaces are the ambient namespaces the workloads are spread over.
 	AppNamespaces []string
 	// ServiceAccounts per app namespace.
@@ -132,10 +132,9 @@ func install(ctx context.Context, c kubernetes.Interface, s installSpec) error {
 			VolumeMounts: []corev1.VolumeMount{{Name: "cacerts", MountPath: "/etc/cacerts", ReadOnly: true}}},
 		IstiodName)
 	istiod.Spec.Template.Spec.Volumes = []corev1.Volume{{Name: "cacerts", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: CACertsSecret, Optional: ptr(true)}}}}
-	if _, err := c.AppsV1().Deployments(IstioNamespace).Create(ctx, istiod, metav1.CreateOptions{}); err != nil {
-		if err := create("deployment", IstiodName, err); err != nil {
-			return err
-		}
+	_, err = c.AppsV1().Deployments(IstioNamespace).Create(ctx, istiod, metav1.CreateOptions{})
+	if err := create("deployment", IstiodName, err); err != nil {
+		return err
 	}
 
 	ztunnelVersion := istioVersion
@@ -166,19 +165,17 @@ func install(ctx context.Context, c kubernetes.Interface, s installSpec) error {
 			},
 		},
 	}
-	if _, err := c.AppsV1().DaemonSets(IstioNamespace).Create(ctx, ds, metav1.CreateOptions{}); err != nil {
-		if err := create("daemonset", ZtunnelName, err); err != nil {
-			return err
-		}
+	_, err = c.AppsV1().DaemonSets(IstioNamespace).Create(ctx, ds, metav1.CreateOptions{})
+	if err := create("daemonset", ZtunnelName, err); err != nil {
+		return err
 	}
 
 	gw := deployment(IstioNamespace, GatewayName, 1,
 		map[string]string{"app": GatewayName, "istio": "ingressgateway", "sidecar.istio.io/inject": "false"},
 		s.proxyContainer("router"), GatewayName)
-	if _, err := c.AppsV1().Deployments(IstioNamespace).Create(ctx, gw, metav1.CreateOptions{}); err != nil {
-		if err := create("deployment", GatewayName, err); err != nil {
-			return err
-		}
+	_, err = c.AppsV1().Deployments(IstioNamespace).Create(ctx, gw, metav1.CreateOptions{})
+	if err := create("deployment", GatewayName, err); err != nil {
+		return err
 	}
 
 	for i, name := range s.AppNamespaces {
@@ -196,10 +193,9 @@ func install(ctx context.Context, c kubernetes.Interface, s installSpec) error {
 		wp := deployment(name, WaypointName, 1, map[string]string{
 			labelManagedBy: managedByMesh, labelGatewayName: WaypointName, "istio.io/gateway-name": WaypointName, labelDataplane: "none",
 		}, s.proxyContainer("waypoint"), WaypointName)
-		if _, err := c.AppsV1().Deployments(name).Create(ctx, wp, metav1.CreateOptions{}); err != nil {
-			if err := create("deployment", name+"/"+WaypointName, err); err != nil {
-				return err
-			}
+		_, err = c.AppsV1().Deployments(name).Create(ctx, wp, metav1.CreateOptions{})
+		if err := create("deployment", name+"/"+WaypointName, err); err != nil {
+			return err
 		}
 		// Spread the workloads over the namespaces and service accounts.
 		for j := range s.ServiceAccounts {
@@ -219,10 +215,9 @@ func install(ctx context.Context, c kubernetes.Interface, s installSpec) error {
 				MaxSkew: 1, TopologyKey: "kubernetes.io/hostname", WhenUnsatisfiable: corev1.DoNotSchedule,
 				LabelSelector: &metav1.LabelSelector{MatchLabels: map[string]string{labelWorkload: "true"}},
 			}}
-			if _, err := c.AppsV1().Deployments(name).Create(ctx, d, metav1.CreateOptions{}); err != nil {
-				if err := create("deployment", name+"/"+app, err); err != nil {
-					return err
-				}
+			_, err = c.AppsV1().Deployments(name).Create(ctx, d, metav1.CreateOptions{})
+			if err := create("deployment", name+"/"+app, err); err != nil {
+				return err
 			}
 		}
 	}

@@ -91,7 +91,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 
 	namespaces := s.AppNamespaces()
 	spec := installSpec{
-		Nodes: opts.Nodes, Workloads: opts.Workloads, CertTTL: opts.CertTTL.String(),
+		Workloads: opts.Workloads, CertTTL: opts.CertTTL.String(),
 		MultiRoot: opts.MultiRoot, XDSAgent: opts.XDSAgent, ZtunnelVersion: opts.ZtunnelVersion,
 		Bundle: b, AppNamespaces: namespaces, ServiceAccounts: opts.ServiceAccounts,
 	}
