@@ -5,8 +5,7 @@ package verify_test
 // ztunnel and envoy proxies serving the exact admin formats through kwok's
 // port-forward. They drive the real `meshca verify` command.
 //
-// A sandbox comes from startSandbox (sandbox_start_test.go: sandbox.Start),
-// or from MESHCA_SANDBOX_KUBECONFIG, the kubeconfig of a sandbox already
+// A sandbox comes from sandboxtest.Start, or from MESHCA_SANDBOX_KUBECONFIG, the kubeconfig of a sandbox already
 // running (`meshca sandbox up`; the test rewrites its cacerts). Without the
 // control-plane binaries the tests skip with a message, unless CI=true.
 
@@ -38,6 +37,8 @@ import (
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/mesh"
 	"github.com/meshca/meshca/internal/pki"
+	"github.com/meshca/meshca/internal/sandbox"
+	"github.com/meshca/meshca/internal/sandbox/sandboxtest"
 	"github.com/meshca/meshca/internal/verify"
 )
 
@@ -53,21 +54,23 @@ type sandboxSpec struct {
 	Envoys int
 }
 
-// startSandbox starts a sandbox with ISTIO_MULTIROOT_MESH and
-// PROXY_CONFIG_XDS_AGENT on, ztunnel 1.28 behaviour and a long certificate
-// TTL (no refresh during a test), stopped at the end of tb, and returns its
-// kubeconfig path.
-var startSandbox func(tb testing.TB, spec sandboxSpec) string
-
+// needSandbox returns the kubeconfig of MESHCA_SANDBOX_KUBECONFIG, or of a
+// new sandbox with ISTIO_MULTIROOT_MESH and PROXY_CONFIG_XDS_AGENT on,
+// ztunnel 1.28 behaviour and day-long certificates: nothing refreshes during
+// a test, so a ztunnel converges only when restarted.
 func needSandbox(tb testing.TB, spec sandboxSpec) string {
 	tb.Helper()
 	if kc := os.Getenv("MESHCA_SANDBOX_KUBECONFIG"); kc != "" {
 		return kc
 	}
-	if startSandbox == nil {
-		tb.Skip("no sandbox starter and MESHCA_SANDBOX_KUBECONFIG is not set")
+	opts := sandboxtest.Healthy(sandbox.Options{
+		Nodes: spec.Nodes, Workloads: spec.Workloads, ZtunnelVersion: "1.28", CertTTL: 24 * time.Hour,
+	})
+	if spec.Envoys > 1 {
+		// One waypoint per app namespace, plus the ingress gateway.
+		opts.AppNamespaces, opts.ServiceAccounts = spec.Envoys-1, 1
 	}
-	return startSandbox(tb, spec)
+	return sandboxtest.Start(tb, opts).Kubeconfig()
 }
 
 // meshcaVerify runs `meshca verify -o json --all` in-process, as a user
