@@ -434,13 +434,21 @@ func (e *Engine) runPhase(ctx context.Context, st *state, p Phase) error {
 	if err != nil {
 		return err
 	}
+	if err := e.proven(ctx, st, p, "phase "+string(p), t0, waited); err != nil {
+		return err
+	}
+	e.logf("%s ✓ proven on the whole fleet (%s)", step, e.opts.Now().Sub(t0).Round(100*time.Millisecond))
+	return nil
+}
+
+// proven records that phase p is proven on the fleet and adds the step to
+// the summary.
+func (e *Engine) proven(ctx context.Context, st *state, p Phase, action string, t0 time.Time, waited time.Duration) error {
 	st.record.mark(p, true, e.opts.Now())
 	if err := st.s.writeRecord(ctx, st.record); err != nil {
 		return err
 	}
-	d := e.opts.Now().Sub(t0)
-	e.summary.Steps = append(e.summary.Steps, Step{Cluster: name, Phase: p, Action: "phase " + string(p), Duration: d, Waiting: waited})
-	e.logf("%s ✓ proven on the whole fleet (%s)", step, d.Round(100*time.Millisecond))
+	e.summary.Steps = append(e.summary.Steps, Step{Cluster: st.c.Name, Phase: p, Action: action, Duration: e.opts.Now().Sub(t0), Waiting: waited})
 	return nil
 }
 
@@ -456,7 +464,7 @@ func (e *Engine) waitIstiod(ctx context.Context, st *state, want *bundle.Bundle,
 		return ctx.Err()
 	}
 	e.logf("%s istiod did not hot-reload (%v); restarting it", step, err)
-	if err := e.restart(ctx, st, step, istiodRefs(ctx, st)...); err != nil {
+	if err := e.restartIstiod(ctx, st, step); err != nil {
 		return err
 	}
 	return e.waitRootConfigMaps(ctx, st, want.RootCert, e.opts.ReloadTimeout)
@@ -506,7 +514,7 @@ func (e *Engine) converge(ctx context.Context, st *state, p Phase, rootPEM []byt
 	}
 	var waited time.Duration
 	w0 := e.opts.Now()
-	if err := e.restart(ctx, st, step, ztunnelRefs(ctx, st)...); err != nil {
+	if err := e.restartZtunnel(ctx, st, step); err != nil {
 		return 0, err
 	}
 	waited += e.opts.Now().Sub(w0)
@@ -583,28 +591,34 @@ func (e *Engine) restart(ctx context.Context, st *state, step string, refs ...ro
 	return nil
 }
 
-func istiodRefs(ctx context.Context, st *state) []rollout.Ref {
+// restartIstiod restarts every istiod Deployment of the Istio namespace.
+func (e *Engine) restartIstiod(ctx context.Context, st *state, step string) error {
 	ds, err := mesh.FindIstiods(ctx, st.c.Client, st.c.Namespace)
 	if err != nil {
-		return nil
+		return err
+	}
+	if len(ds) == 0 {
+		return fmt.Errorf("no istiod Deployment (label app=istiod) in namespace %s to restart", st.c.Namespace)
 	}
 	var refs []rollout.Ref
 	for _, d := range ds {
 		refs = append(refs, rollout.Ref{Kind: rollout.KindDeployment, Namespace: d.Namespace, Name: d.Name})
 	}
-	return refs
+	return e.restart(ctx, st, step, refs...)
 }
 
-func ztunnelRefs(ctx context.Context, st *state) []rollout.Ref {
+// restartZtunnel restarts every ztunnel DaemonSet (none in a sidecar-only
+// mesh).
+func (e *Engine) restartZtunnel(ctx context.Context, st *state, step string) error {
 	ds, err := mesh.FindZtunnels(ctx, st.c.Client)
 	if err != nil {
-		return nil
+		return err
 	}
 	var refs []rollout.Ref
 	for _, d := range ds {
 		refs = append(refs, rollout.Ref{Kind: rollout.KindDaemonSet, Namespace: d.Namespace, Name: d.Name})
 	}
-	return refs
+	return e.restart(ctx, st, step, refs...)
 }
 
 // lagging names the proxies that fail a report, with their first problem.
@@ -658,7 +672,7 @@ func (e *Engine) oneStep(ctx context.Context, st *state) error {
 	}
 	step := name + ": one-step:"
 	e.logf("%s wrote the new signer and the old root appended in one write", step)
-	if err := e.restart(ctx, st, step, istiodRefs(ctx, st)...); err != nil {
+	if err := e.restartIstiod(ctx, st, step); err != nil {
 		return err
 	}
 	if err := e.waitRootConfigMaps(ctx, st, want.RootCert, e.opts.ReloadTimeout); err != nil {
@@ -668,12 +682,9 @@ func (e *Engine) oneStep(ctx context.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	st.record.mark(PhaseIssue, true, e.opts.Now())
-	if err := st.s.writeRecord(ctx, st.record); err != nil {
+	if err := e.proven(ctx, st, PhaseIssue, "one-step", t0, waited); err != nil {
 		return err
 	}
-	d := e.opts.Now().Sub(t0)
-	e.summary.Steps = append(e.summary.Steps, Step{Cluster: name, Phase: PhaseIssue, Action: "one-step", Duration: d, Waiting: waited})
 	e.logf("%s: one-step rotation done; the old root is still trusted — run meshca rotate again to retire it", name)
 	return nil
 }

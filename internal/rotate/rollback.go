@@ -3,9 +3,9 @@ package rotate
 import (
 	"context"
 	"fmt"
-	"slices"
 
 	"github.com/meshca/meshca/internal/bundle"
+	"github.com/meshca/meshca/internal/mesh"
 	"github.com/meshca/meshca/internal/verify"
 )
 
@@ -91,7 +91,7 @@ func (e *Engine) rollbackTo(ctx context.Context, st *state, want *bundle.Bundle,
 		}
 		if terr != nil {
 			e.logf("%s wrote cacerts; istiod cannot hot-reload this change (%v), restarting it", step, terr)
-			if err := e.restart(ctx, st, step, istiodRefs(ctx, st)...); err != nil {
+			if err := e.restartIstiod(ctx, st, step); err != nil {
 				return err
 			}
 		} else {
@@ -146,8 +146,12 @@ func (e *Engine) Status(ctx context.Context) ([]ClusterStatus, error) {
 				cs.Phase = PhaseRolledBack
 			}
 		}
-		exp := verify.Expectation{Source: "secret " + c.Namespace + "/" + CACertsSecret, Roots: slices.Sorted(slices.Values(cs.Roots)), Signer: cs.Signer}
-		if rep, err := c.Verifier.Verify(ctx, exp); err == nil {
+		// The fleet against what cacerts holds now, as `meshca verify` checks it.
+		ca, err := mesh.ReadCA(ctx, c.Client, c.Namespace)
+		if err != nil {
+			return nil, err
+		}
+		if rep, err := c.Verifier.Verify(ctx, verify.ExpectationFromCA(ca)); err == nil {
 			cs.Fleet = &rep.Total
 			cs.FleetByKind = rep.Kinds
 		}
