@@ -74,16 +74,27 @@ func (d *dataPlane) token(ctx context.Context, id mesh.Identity) (string, error)
 	return tok, nil
 }
 
-func (d *dataPlane) startZtunnel(ctx context.Context, pod *corev1.Pod) error {
-	key := pod.Namespace + "/" + pod.Name
-	env := podEnv(pod, proxyContainer)
-	ttl := d.r.opts.CertTTL
+// podStart reads what a proxy pod sees when it starts: the env of its
+// istio-proxy container, its SECRET_TTL, and the istio-ca-root-cert bytes
+// mounted from its namespace (errNoRootCert while istiod has not written
+// them yet).
+func (d *dataPlane) podStart(pod *corev1.Pod) (env map[string]string, ttl time.Duration, trust []byte, err error) {
+	env = podEnv(pod, proxyContainer)
+	ttl = d.r.opts.CertTTL
 	if v, err := time.ParseDuration(env[EnvSecretTTL]); err == nil && v > 0 {
 		ttl = v
 	}
-	trust := d.r.rootCertOf(pod.Namespace)
-	if len(trust) == 0 {
-		return fmt.Errorf("ztunnel %s: %w", key, errNoRootCert)
+	if trust = d.r.rootCertOf(pod.Namespace); len(trust) == 0 {
+		return nil, 0, nil, errNoRootCert
+	}
+	return env, ttl, trust, nil
+}
+
+func (d *dataPlane) startZtunnel(ctx context.Context, pod *corev1.Pod) error {
+	key := pod.Namespace + "/" + pod.Name
+	_, ttl, trust, err := d.podStart(pod)
+	if err != nil {
+		return fmt.Errorf("ztunnel %s: %w", key, err)
 	}
 	opts := mesh.ZtunnelOptions{
 		Node: pod.Spec.NodeName, CA: d.ca(), TrustPEM: trust, SecretTTL: ttl,
@@ -140,14 +151,9 @@ func (d *dataPlane) workloadsChanged(node string) {
 
 func (d *dataPlane) startAgent(ctx context.Context, pod *corev1.Pod, kind podKind) error {
 	key := pod.Namespace + "/" + pod.Name
-	env := podEnv(pod, proxyContainer)
-	ttl := d.r.opts.CertTTL
-	if v, err := time.ParseDuration(env[EnvSecretTTL]); err == nil && v > 0 {
-		ttl = v
-	}
-	trust := d.r.rootCertOf(pod.Namespace)
-	if len(trust) == 0 {
-		return fmt.Errorf("%s %s: %w", kind, key, errNoRootCert)
+	env, ttl, trust, err := d.podStart(pod)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", kind, key, err)
 	}
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {

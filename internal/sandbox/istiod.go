@@ -54,7 +54,7 @@ func startIstiod(ctx context.Context, pod *corev1.Pod, o istiodOptions) (*istiod
 	if _, err := projectVolume(filepath.Join(dir, "etc", "istio", "config"), map[string][]byte{"mesh": []byte(o.mesh)}); err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(5)
+	ports, err := cluster.FreePorts(5)
 	if err != nil {
 		return nil, err
 	}
@@ -212,24 +212,4 @@ func (p *serviceProxy) serve() {
 func (p *serviceProxy) close() {
 	_ = p.ln.Close()
 	p.wg.Wait()
-}
-
-// freePorts reserves n loopback ports by listening on port 0.
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			_ = l.Close()
-		}
-	}()
-	ports := make([]int, n)
-	for i := range ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("reserve port: %w", err)
-		}
-		lns = append(lns, l)
-		ports[i] = l.Addr().(*net.TCPAddr).Port
-	}
-	return ports, nil
 }

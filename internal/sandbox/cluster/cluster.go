@@ -246,7 +246,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	free, err := freePorts(6)
+	free, err := FreePorts(6)
 	if err != nil {
 		return nil, err
 	}
@@ -454,10 +454,11 @@ func httpGet(ctx context.Context, client *http.Client, url string) (string, erro
 	return string(body), nil
 }
 
-// freePorts reserves n distinct loopback ports by listening on :0 and
-// closing the listeners. Another process may take one in between; the
-// component then fails to bind and Start reports it.
-func freePorts(n int) ([]int, error) {
+// FreePorts reserves n distinct loopback ports by listening on :0 and
+// closing the listeners, for the cluster's components and the sandbox's
+// istiod. Another process may take one in between; the component then fails
+// to bind and reports it.
+func FreePorts(n int) ([]int, error) {
 	var listeners []net.Listener
 	defer func() {
 		for _, l := range listeners {
