@@ -93,11 +93,7 @@ Exit status:
 			if err := o.complete(); err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			if ctx == nil {
-				ctx = context.Background()
-			}
-			return o.run(ctx)
+			return o.run(cmd.Context())
 		},
 	}
 	f := cmd.Flags()

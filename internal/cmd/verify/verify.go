@@ -111,11 +111,7 @@ errors.`,
 			if err := o.complete(); err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			if ctx == nil {
-				ctx = context.Background()
-			}
-			return o.run(ctx)
+			return o.run(cmd.Context())
 		},
 	}
 	f := cmd.Flags()

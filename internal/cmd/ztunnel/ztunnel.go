@@ -127,9 +127,6 @@ func (o *certsOptions) complete(args []string) error {
 }
 
 func (o *certsOptions) run(ctx context.Context) error {
-	if ctx == nil {
-		ctx = context.Background()
-	}
 	data, source, err := o.read(ctx)
 	if err != nil {
 		return err
