@@ -73,3 +73,28 @@ func getOnly(h http.HandlerFunc) http.HandlerFunc {
 		h(w, r)
 	}
 }
+
+// startServers starts a proxy's two listeners: the admin server answering
+// GET /config_dump with dump(request), and the mTLS server the probe
+// dials. On failure nothing is left listening.
+func startServers(name string, p Proxy, dump func(*http.Request) ([]byte, error), identityFor func(string) (string, bool), now func() time.Time, log *slog.Logger) (*adminServer, *mtlsServer, error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/config_dump", getOnly(func(w http.ResponseWriter, r *http.Request) {
+		body, err := dump(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, body)
+	}))
+	admin, err := startAdmin(name, mux, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	mtls, err := startMTLS(name, p, identityFor, now, log)
+	if err != nil {
+		admin.close()
+		return nil, nil, err
+	}
+	return admin, mtls, nil
+}

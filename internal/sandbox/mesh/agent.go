@@ -138,21 +138,8 @@ func StartAgent(opts AgentOptions) (*Agent, error) {
 		a.bundleRoots = trust
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
-	mux := http.NewServeMux()
-	mux.HandleFunc("/config_dump", getOnly(func(w http.ResponseWriter, r *http.Request) {
-		body, err := a.ConfigDump(r.URL.Query().Get("mask") != "")
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		writeJSON(w, body)
-	}))
-	if a.admin, err = startAdmin(label, mux, a.log); err != nil {
-		a.cancel()
-		return nil, err
-	}
-	if a.mtls, err = startMTLS(label, a, a.identityForSNI, a.now, a.log); err != nil {
-		a.admin.close()
+	dump := func(r *http.Request) ([]byte, error) { return a.ConfigDump(r.URL.Query().Get("mask") != "") }
+	if a.admin, a.mtls, err = startServers(label, a, dump, a.identityForSNI, a.now, a.log); err != nil {
 		a.cancel()
 		return nil, err
 	}

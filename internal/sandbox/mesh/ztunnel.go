@@ -132,21 +132,8 @@ func StartZtunnel(opts ZtunnelOptions) (*Ztunnel, error) {
 		ids:        map[string]*ztunnelIdentity{},
 	}
 	z.ctx, z.cancel = context.WithCancel(context.Background())
-	mux := http.NewServeMux()
-	mux.HandleFunc("/config_dump", getOnly(func(w http.ResponseWriter, _ *http.Request) {
-		body, err := z.ConfigDump()
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		writeJSON(w, body)
-	}))
-	if z.admin, err = startAdmin(name, mux, z.log); err != nil {
-		z.cancel()
-		return nil, err
-	}
-	if z.mtls, err = startMTLS(name, z, z.identityForSNI, z.now, z.log); err != nil {
-		z.admin.close()
+	dump := func(*http.Request) ([]byte, error) { return z.ConfigDump() }
+	if z.admin, z.mtls, err = startServers(name, z, dump, z.identityForSNI, z.now, z.log); err != nil {
 		z.cancel()
 		return nil, err
 	}
