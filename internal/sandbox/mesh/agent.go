@@ -58,6 +58,8 @@ type AgentOptions struct {
 	RetryBackoff, MaxRetryBackoff time.Duration
 	// Logger receives the agent's logs; slog.Default() when nil.
 	Logger *slog.Logger
+	// OnIssuanceFailure is told of every failed CSR; optional.
+	OnIssuanceFailure IssuanceFunc
 }
 
 // Agent is a simulated envoy proxy (waypoint, gateway or sidecar) with its
@@ -132,6 +134,7 @@ func StartAgent(opts AgentOptions) (*Agent, error) {
 		kick:       make(chan struct{}, 1),
 		bundlePEM:  bytes.Clone(opts.TrustPEM),
 	}
+	a.onIssuance = opts.OnIssuanceFailure
 	if a.pcds {
 		// istiod pushes its bundle as soon as the agent connects: the same
 		// roots the pod read at start.
@@ -280,6 +283,7 @@ func (a *Agent) run() {
 			wait = backoff
 			backoff = a.nextBackoff(backoff)
 			a.log.Warn("certificate request failed", "retryIn", wait.Round(time.Millisecond).String(), "err", err)
+			a.issuanceFailed(string(a.kind)+"/"+a.name, a.identity.String(), err)
 		}
 		if !sleepCtx(a.ctx, wait, a.kick) {
 			return
@@ -334,6 +338,26 @@ func (a *Agent) credentials(identity string) (*Certificate, []*x509.Certificate,
 }
 
 func (a *Agent) server() *mtlsServer { return a.mtls }
+
+// issuanceError implements Proxy.
+func (a *Agent) issuanceError(string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cert != nil {
+		return ""
+	}
+	return a.lastErr
+}
+
+// Ready implements Proxy: the workload certificate is held.
+func (a *Agent) Ready() bool { return a.Certificate() != nil }
+
+// Drain implements Proxy: the envoy pod is terminating. It keeps the
+// connections it holds until after, then ends them with reason and stops.
+func (a *Agent) Drain(after time.Duration, reason string) {
+	a.log.Info("envoy draining", "deadline", after.String())
+	drain(a.mtls, after, reason, a.ctx.Done(), a.Stop)
+}
 
 // identityForSNI: an envoy proxy has one identity whatever the SNI.
 func (a *Agent) identityForSNI(string) (string, bool) { return a.identity.String(), true }

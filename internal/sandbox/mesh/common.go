@@ -31,6 +31,18 @@ type common struct {
 	backoff  time.Duration
 	maxRetry time.Duration
 	log      *slog.Logger
+	// onIssuance is told of every failed CSR; nil when nobody listens.
+	onIssuance IssuanceFunc
+}
+
+// IssuanceFunc is told of a proxy's failed CSR: the proxy ("ztunnel/node-1",
+// "waypoint/ns/pod"), the identity and the error.
+type IssuanceFunc func(proxy, identity string, err error)
+
+func (c *common) issuanceFailed(proxy, identity string, err error) {
+	if c.onIssuance != nil {
+		c.onIssuance(proxy, identity, err)
+	}
 }
 
 func newCommon(ca CAClient, ttl time.Duration, now func() time.Time, backoff, maxBackoff time.Duration, log *slog.Logger) common {

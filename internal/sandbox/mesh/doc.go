@@ -22,7 +22,7 @@
 //     refresh at half the lifetime (SECRET_TTL), roots = every certificate of
 //     the response's last element with duplicates kept, and its trust in
 //     istiod read ONCE at pod start in 1.28 (re-read on every CSR with
-//     Version130, modelling ztunnel#1775) — facts §3. /config_dump is served in
+//     CACertWatcher, modelling ztunnel#1775) — facts §3. /config_dump is served in
 //     ztunnel's format (camelCase, base64 PEM, decimal serials, RFC 3339 Z).
 //   - Agent (istio-agent + envoy): secret "default" (leaf and chain) and
 //     "ROOTCA" (roots de-duplicated and sorted by PEM text), refresh at half
@@ -32,7 +32,19 @@
 //     (facts §2 and §4). /config_dump serves envoy's SecretsConfigDump.
 //   - Probe: real TLS 1.3 handshakes between the proxies' mTLS listeners, each
 //     side verifying the peer chain against its CURRENT roots and the peer's
-//     SPIFFE URI SAN.
+//     SPIFFE URI SAN; long-lived connections kept open per pair kind with a
+//     ping every PingInterval; refusals when a target (a node's ztunnel, a
+//     waypoint or gateway Deployment) has no live proxy; resets when a
+//     long-lived connection ends without the probe closing it, with the
+//     reason the proxy recorded; failed CSRs (IssuanceFailed); and pairs
+//     whose end holds no certificate because its CSR failed count as
+//     failures, not skips.
+//   - Termination (Drain, DrainDeadline): a terminating proxy takes no new
+//     connection (its target moves to the newer proxy, or has none), keeps
+//     what it holds, and ends it at its self-termination deadline — ztunnel
+//     at grace − 5 s above a 10 s grace period, else grace − 1 s; envoy
+//     after terminationDrainDuration (5 s) bounded by the grace period —
+//     facts §7.
 //
 // Every listener binds 127.0.0.1 on a free port; the sandbox orchestrator maps
 // a pod's port 15000 to AdminAddr. Stop on any proxy closes its listeners and
@@ -46,7 +58,9 @@
 // the pod's ServiceAccount identity, the same CA settings and trust bytes, and
 // PCDS = pod env PROXY_CONFIG_XDS_AGENT && istiod env ISTIO_MULTIROOT_MESH;
 // call PushTrustBundle on every Agent whenever istiod's root-cert.pem bytes
-// change. A pod restart is Stop on the old proxy and a new Start with the
-// ConfigMap's bytes at that moment. One Probe, fed with the Endpoint of every
-// live proxy, runs for the sandbox's lifetime.
+// change. A pod restart is a new Start with the ConfigMap's bytes at that
+// moment and Drain on the old proxy once its pod is deleted. One Probe, fed
+// with one Endpoint per target (the newest ready proxy), runs for the
+// sandbox's lifetime; wire every proxy's OnIssuanceFailure to its
+// IssuanceFailed.
 package mesh

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -40,13 +41,36 @@ type Endpoint struct {
 	Identities []string
 	// Address is the proxy's mTLS listener, 127.0.0.1:port.
 	Address string
-	// Proxy is the simulated proxy itself: a *Ztunnel or an *Agent.
+	// Proxy is the simulated proxy itself: a *Ztunnel or an *Agent. Nil
+	// when the Target has no live proxy at all (a restart gap): connections
+	// to it are refused.
 	Proxy Proxy
+	// Target is the logical destination the proxy serves, which outlives
+	// pod restarts: "ztunnel/<node>" or "<kind>/<namespace>/<workload>",
+	// prefixed with the cluster in a multi-cluster sandbox. Empty means
+	// the proxy's own String().
+	Target string
+	// Cluster names the proxy's cluster in a multi-cluster sandbox; empty
+	// in a single cluster.
+	Cluster string
+}
+
+// target is the logical destination of e.
+func (e Endpoint) target() string {
+	if e.Target != "" {
+		return e.Target
+	}
+	return e.String()
 }
 
 // String names the endpoint as failures are keyed: "ztunnel/node-1",
 // "waypoint/ns/waypoint-xyz".
-func (e Endpoint) String() string { return string(e.Kind) + "/" + e.Name }
+func (e Endpoint) String() string {
+	if e.Cluster != "" {
+		return string(e.Kind) + "/" + e.Cluster + "/" + e.Name
+	}
+	return string(e.Kind) + "/" + e.Name
+}
 
 // Proxy is a simulated proxy that takes part in probe traffic: *Ztunnel and
 // *Agent.
@@ -59,6 +83,17 @@ type Proxy interface {
 	credentials(identity string) (cert *Certificate, roots []*x509.Certificate, ok bool)
 	// server is the proxy's mTLS listener.
 	server() *mtlsServer
+	// issuanceError is the reason the proxy holds no certificate for
+	// identity because its CSR failed; empty while it simply has not got
+	// one yet (Initializing) or when it holds one.
+	issuanceError(identity string) string
+	// Ready reports whether the proxy holds a certificate for each of its
+	// identities: the moment a real proxy pod turns Ready and takes over
+	// new connections.
+	Ready() bool
+	// Drain starts the proxy's termination: it keeps serving the
+	// connections it holds for after, then ends them and stops.
+	Drain(after time.Duration, reason string)
 }
 
 // sniFor is the SNI a client sends to ask a ztunnel for the certificate of
@@ -154,9 +189,16 @@ func clientConfig(p Proxy, src, dst string, now func() time.Time) (*tls.Config, 
 
 // mtlsServer is a proxy's mTLS listener. Each accepted connection completes a
 // TLS 1.3 handshake with the proxy's current certificate for the requested
-// identity, verifies the client's chain against the current roots, writes
-// "ok\n" and closes. Rejections are recorded by client address so that the
-// Probe can report the server's reason, not just the TLS alert.
+// identity, verifies the client's chain against the current roots and writes
+// "ok\n"; it then answers every "ping\n" with "pong\n" until the client
+// closes, so the Probe can hold long-lived connections. Rejections are
+// recorded by client address so that the Probe can report the server's
+// reason, not just the TLS alert; so is the reason whenever the proxy ends a
+// connection itself (drain deadline, pod deleted).
+//
+// The server also tracks the proxy's outbound long-lived connections (the
+// Probe registers them), because a proxy that terminates ends the
+// connections it originated as well as those it accepted.
 type mtlsServer struct {
 	name string
 	ln   net.Listener
@@ -166,17 +208,22 @@ type mtlsServer struct {
 	// identityFor maps the SNI of a ClientHello to the identity to present.
 	identityFor func(sni string) (string, bool)
 
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
-	errs  map[string]string
-	done  bool
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	outbound map[net.Conn]struct{}
+	errs     map[string]string
+	// ends records why the proxy ended a connection, keyed by the client's
+	// address (the local address of the Probe's socket).
+	ends     map[string]string
+	draining bool
+	done     bool
 }
 
 // maxRecordedErrors bounds the rejection reasons kept for the Probe.
 const maxRecordedErrors = 512
 
-// connDeadline bounds every probe connection on the server side.
+// connDeadline bounds a probe connection's handshake on the server side.
 const connDeadline = 5 * time.Second
 
 func startMTLS(name string, p Proxy, identityFor func(string) (string, bool), now func() time.Time, log *slog.Logger) (*mtlsServer, error) {
@@ -186,7 +233,8 @@ func startMTLS(name string, p Proxy, identityFor func(string) (string, bool), no
 	}
 	s := &mtlsServer{
 		name: name, ln: ln, p: p, now: now, log: log, identityFor: identityFor,
-		conns: map[net.Conn]struct{}{}, errs: map[string]string{},
+		conns: map[net.Conn]struct{}{}, outbound: map[net.Conn]struct{}{},
+		errs: map[string]string{}, ends: map[string]string{},
 	}
 	s.wg.Add(1)
 	go s.serve()
@@ -233,8 +281,32 @@ func (s *mtlsServer) handle(tc *tls.Conn, raw net.Conn) {
 		s.log.Debug("mTLS handshake failed", "server", s.name, "peer", raw.RemoteAddr().String(), "err", err)
 		return
 	}
-	_, _ = tc.Write([]byte("ok\n"))
+	if _, err := tc.Write([]byte("ok\n")); err != nil {
+		return
+	}
+	// A long-lived connection: answer each ping until the client closes or
+	// stays silent past the idle deadline.
+	r := bufio.NewReader(tc)
+	for {
+		_ = tc.SetDeadline(time.Now().Add(idleDeadline))
+		line, err := r.ReadString('\n')
+		if err != nil || line != pingMsg {
+			return
+		}
+		if _, err := tc.Write([]byte(pongMsg)); err != nil {
+			return
+		}
+	}
 }
+
+// The messages of a long-lived probe connection.
+const (
+	pingMsg = "ping\n"
+	pongMsg = "pong\n"
+)
+
+// idleDeadline ends a long-lived connection whose client went silent.
+const idleDeadline = 30 * time.Second
 
 // configForClient picks the identity from the SNI and builds the handshake's
 // configuration from the proxy's state at this moment.
@@ -280,11 +352,20 @@ func (s *mtlsServer) record(remote string, err error) {
 	s.errs[remote] = err.Error()
 }
 
-// closed reports whether the listener was closed (the proxy stopped).
+// closed reports whether the proxy stopped: its listener is closed and
+// every connection it held has ended.
 func (s *mtlsServer) closed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.done
+}
+
+// isDraining reports whether the proxy is terminating: it still serves the
+// connections it holds, until its drain deadline.
+func (s *mtlsServer) isDraining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining || s.done
 }
 
 // takeError returns and forgets the rejection reason recorded for the
@@ -297,14 +378,76 @@ func (s *mtlsServer) takeError(remote string) (string, bool) {
 	return reason, ok
 }
 
-// close stops accepting, closes open connections and waits for every
-// handler.
+// endReason returns and forgets why the proxy ended the connection whose
+// client address is local.
+func (s *mtlsServer) endReason(local string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	reason, ok := s.ends[local]
+	delete(s.ends, local)
+	return reason, ok
+}
+
+// trackOutbound registers a long-lived connection the proxy originated, so
+// that it ends with the proxy; the returned function unregisters it. It
+// reports false, registering nothing, when the proxy is already stopping.
+func (s *mtlsServer) trackOutbound(c net.Conn) (untrack func(), ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining || s.done {
+		return nil, false
+	}
+	s.outbound[c] = struct{}{}
+	return func() {
+		s.mu.Lock()
+		delete(s.outbound, c)
+		s.mu.Unlock()
+	}, true
+}
+
+// startDrain marks the proxy as terminating: it keeps serving what it holds
+// (and any straggler that still reaches its listener) until endAll.
+func (s *mtlsServer) startDrain() {
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+}
+
+// endAll ends every connection the proxy holds, inbound and outbound, and
+// records reason for each so the Probe can say why its connection reset.
+func (s *mtlsServer) endAll(reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.endAllLocked(reason)
+}
+
+func (s *mtlsServer) endAllLocked(reason string) {
+	if len(s.ends) >= maxRecordedErrors {
+		clear(s.ends)
+	}
+	// The first reason stands: a drain's deadline, not the Stop after it.
+	note := func(key string) {
+		if _, ok := s.ends[key]; !ok {
+			s.ends[key] = reason
+		}
+	}
+	for c := range s.conns {
+		note(c.RemoteAddr().String())
+		_ = c.Close()
+	}
+	for c := range s.outbound {
+		note(c.LocalAddr().String())
+		_ = c.Close()
+	}
+	clear(s.outbound)
+}
+
+// close stops accepting, ends open connections ("pod deleted" unless a
+// drain already ended them) and waits for every handler.
 func (s *mtlsServer) close() {
 	s.mu.Lock()
 	s.done = true
-	for c := range s.conns {
-		_ = c.Close()
-	}
+	s.endAllLocked("proxy " + s.name + " stopped (pod deleted)")
 	s.mu.Unlock()
 	_ = s.ln.Close()
 	s.wg.Wait()

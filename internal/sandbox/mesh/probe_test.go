@@ -3,6 +3,8 @@ package mesh
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -87,7 +89,8 @@ func (f *fleet) ready() bool {
 
 func newTestProbe(t *testing.T, f *fleet) *Probe {
 	t.Helper()
-	p, err := NewProbe(ProbeOptions{Endpoints: f.endpoints, Interval: 5 * time.Millisecond, Concurrency: 2, Logger: testLogger(t)})
+	// Short connections only: the tests that use it count them exactly.
+	p, err := NewProbe(ProbeOptions{Endpoints: f.endpoints, Interval: 5 * time.Millisecond, Concurrency: 2, LongLived: -1, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +138,15 @@ func TestProbeSeesNoFailureInAFleetUnderOneRoot(t *testing.T) {
 	s := p.Snapshot()
 	// Per round: 3 ztunnel->ztunnel, 3 ztunnel->waypoint, 1 waypoint->ztunnel,
 	// 1 gateway->waypoint.
-	want := Snapshot{Handshakes: 80, FailuresByPair: map[string]PairFailures{}, Since: s.Since}
+	want := Snapshot{
+		Handshakes: 80, FailuresByPair: map[string]PairFailures{}, RefusedByPair: map[string]PairFailures{},
+		ResetsByPair: map[string]PairResets{}, IssuanceFailuresByProxy: map[string]PairFailures{},
+		ByPairKind: map[string]KindCounts{
+			"ztunnel->ztunnel": {Handshakes: 30}, "ztunnel->waypoint": {Handshakes: 30},
+			"waypoint->ztunnel": {Handshakes: 10}, "gateway->waypoint": {Handshakes: 10},
+		},
+		Restarts: map[string]int64{}, Events: []Event{}, Since: s.Since,
+	}
 	if diff := cmp.Diff(want, s); diff != "" {
 		t.Errorf("snapshot (-want +got):\n%s%s", diff, failureReport(s))
 	}
@@ -205,15 +216,37 @@ func TestProbeSkipsWhatItCannotTry(t *testing.T) {
 	})
 	p := newTestProbe(t, f)
 	rounds(p, 3)
+	// node-2's CSRs failed: its pairs are failures, not skips, with the
+	// CSR's error as the reason.
 	s := p.Snapshot()
-	if s.Handshakes != 0 || s.Failures != 0 || s.Skipped != 6 {
-		t.Errorf("handshakes %d, failures %d, skipped %d; want 0, 0, 6%s", s.Handshakes, s.Failures, s.Skipped, failureReport(s))
+	if s.Handshakes != 0 || s.Failures != 6 || s.Skipped != 0 {
+		t.Errorf("handshakes %d, failures %d, skipped %d; want 0, 6, 0%s", s.Handshakes, s.Failures, s.Skipped, failureReport(s))
+	}
+	for pair, f := range s.FailuresByPair {
+		if !strings.Contains(f.LastReason, "ztunnel/node-2 holds no certificate for") || !strings.Contains(f.LastReason, "CSR failed") {
+			t.Errorf("%s: reason %q does not name the failed CSR", pair, f.LastReason)
+		}
+	}
+
+	// A proxy still initializing (no failed CSR yet) is skipped.
+	fresh := startZtunnel(t, ZtunnelOptions{Node: "node-3", CA: CAClient{Address: "127.0.0.1:1", Token: func(context.Context, Identity) (string, error) { return "", nil }}, TrustPEM: a.rootPEM, RetryBackoff: time.Hour})
+	p3, err := NewProbe(ProbeOptions{Endpoints: func() []Endpoint {
+		e := fresh.Endpoint()
+		e.Identities = []string{ident("c").String()}
+		return []Endpoint{ok.Endpoint(), e}
+	}, LongLived: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p3.Round(context.Background())
+	if s := p3.Snapshot(); s.Skipped != 2 || s.Failures != 0 {
+		t.Errorf("with an initializing peer: failures %d, skipped %d; want 0, 2%s", s.Failures, s.Skipped, failureReport(s))
 	}
 
 	// An endpoint outside loopback is never dialled.
 	remote := ok.Endpoint()
 	remote.Name, remote.Node, remote.Address = "node-9", "node-9", "10.0.0.1:15008"
-	p2, err := NewProbe(ProbeOptions{Endpoints: func() []Endpoint { return []Endpoint{ok.Endpoint(), remote} }})
+	p2, err := NewProbe(ProbeOptions{Endpoints: func() []Endpoint { return []Endpoint{ok.Endpoint(), remote} }, LongLived: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,10 +465,13 @@ func TestProbeSnapshotJSONAndReset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.mu.Lock()
-	p.handshakes, p.failures = 3, 1
-	p.byPair["ztunnel/node-1 -> waypoint/ns/waypoint-xyz"] = &PairFailures{Count: 1, LastReason: "x509: certificate signed by unknown authority", Last: now}
-	p.mu.Unlock()
+	pair := probePair{src: Endpoint{Kind: KindZtunnel, Name: "node-1"}, dst: Endpoint{Kind: KindWaypoint, Name: "ns/waypoint-xyz"}, kind: "ztunnel->waypoint"}
+	p.count(-1, pair, result{outcome: outcomeOK, handshake: true}, true)
+	p.count(-1, pair, result{outcome: outcomeOK, handshake: true}, false)
+	p.count(-1, pair, failed("x509: certificate signed by unknown authority"), false)
+	p.count(-1, pair, result{outcome: outcomeRefused, reason: "no live proxy for waypoint/ns/waypoint (restart gap)"}, false)
+	p.IssuanceFailed("ztunnel/node-1", "spiffe://cluster.local/ns/a/sa/b", errors.New("rpc error: unknown authority"))
+	p.ProxyTerminated(KindZtunnel)
 	body, err := json.Marshal(p.Snapshot())
 	if err != nil {
 		t.Fatal(err)
@@ -444,23 +480,67 @@ func TestProbeSnapshotJSONAndReset(t *testing.T) {
 	if err := json.Unmarshal(body, &got); err != nil {
 		t.Fatal(err)
 	}
+	const key = "ztunnel/node-1 -> waypoint/ns/waypoint-xyz"
+	ts := "2026-11-27T05:00:00Z"
 	want := map[string]any{
-		"handshakes": 3.0,
-		"failures":   1.0,
-		"skipped":    0.0,
+		"handshakes":       3.0,
+		"failures":         1.0,
+		"refused":          1.0,
+		"resets":           0.0,
+		"connections":      1.0,
+		"issuanceFailures": 1.0,
+		"skipped":          0.0,
 		"failuresByPair": map[string]any{
-			"ztunnel/node-1 -> waypoint/ns/waypoint-xyz": map[string]any{
-				"count": 1.0, "lastReason": "x509: certificate signed by unknown authority", "last": "2026-11-27T05:00:00Z",
-			},
+			key: map[string]any{"count": 1.0, "lastReason": "x509: certificate signed by unknown authority", "last": ts},
 		},
-		"since": "2026-11-27T05:00:00Z",
+		"refusedByPair": map[string]any{
+			key: map[string]any{"count": 1.0, "lastReason": "no live proxy for waypoint/ns/waypoint (restart gap)", "last": ts},
+		},
+		"resetsByPair": map[string]any{},
+		"issuanceFailuresByProxy": map[string]any{
+			"ztunnel/node-1": map[string]any{"count": 1.0, "lastReason": "spiffe://cluster.local/ns/a/sa/b: rpc error: unknown authority", "last": ts},
+		},
+		"byPairKind": map[string]any{
+			"ztunnel->waypoint": map[string]any{"handshakes": 3.0, "failures": 1.0, "refused": 1.0, "connections": 1.0, "resets": 0.0},
+		},
+		"restarts": map[string]any{"ztunnel": 1.0},
+		"events": []any{
+			map[string]any{"time": ts, "type": "failure", "pair": key, "pairKind": "ztunnel->waypoint", "reason": "x509: certificate signed by unknown authority"},
+			map[string]any{"time": ts, "type": "refused", "pair": key, "pairKind": "ztunnel->waypoint", "reason": "no live proxy for waypoint/ns/waypoint (restart gap)"},
+			map[string]any{"time": ts, "type": "issuance", "proxy": "ztunnel/node-1", "reason": "spiffe://cluster.local/ns/a/sa/b: rpc error: unknown authority"},
+		},
+		"eventsDropped": 0.0,
+		"since":         ts,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("snapshot JSON (-want +got):\n%s", diff)
 	}
 	now = now.Add(time.Minute)
 	p.Reset()
-	if diff := cmp.Diff(Snapshot{FailuresByPair: map[string]PairFailures{}, Since: now}, p.Snapshot()); diff != "" {
+	empty := Snapshot{
+		FailuresByPair: map[string]PairFailures{}, RefusedByPair: map[string]PairFailures{}, ResetsByPair: map[string]PairResets{},
+		IssuanceFailuresByProxy: map[string]PairFailures{}, ByPairKind: map[string]KindCounts{}, Restarts: map[string]int64{},
+		Events: []Event{}, Since: now,
+	}
+	if diff := cmp.Diff(empty, p.Snapshot()); diff != "" {
 		t.Errorf("after Reset (-want +got):\n%s", diff)
+	}
+}
+
+func TestProbeKeepsTheNewestEvents(t *testing.T) {
+	p, err := NewProbe(ProbeOptions{Endpoints: func() []Endpoint { return nil }, MaxEvents: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		p.IssuanceFailed("ztunnel/node-1", fmt.Sprint(i), errors.New("boom"))
+	}
+	s := p.Snapshot()
+	var ids []string
+	for _, e := range s.Events {
+		ids = append(ids, strings.TrimSuffix(e.Reason, ": boom"))
+	}
+	if diff := cmp.Diff([]string{"2", "3", "4"}, ids); diff != "" || s.EventsDropped != 2 || s.IssuanceFailures != 5 {
+		t.Errorf("events (-want +got):\n%s\ndropped %d, issuance failures %d; want 2, 5", diff, s.EventsDropped, s.IssuanceFailures)
 	}
 }

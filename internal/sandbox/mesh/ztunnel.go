@@ -36,11 +36,16 @@ type ZtunnelOptions struct {
 	// pod saw it at start: ztunnel's trust in istiod. In 1.28 it is read once
 	// and never reloaded (facts §3). Required.
 	TrustPEM []byte
-	// Version130 models ztunnel 1.30+, which re-reads its istiod trust on
-	// change (ztunnel#1775): ReloadTrust is called before every CSR.
-	Version130 bool
+	// Version is the ztunnel release simulated, shown in /config_dump
+	// ("1.28.1" when empty).
+	Version string
+	// CACertWatcher models CA_CERT_WATCHER of ztunnel 1.28.6, 1.29.2 and
+	// 1.30.0 (ztunnel#1775 and its backports): the CA client re-reads its
+	// istiod root file on change. ReloadTrust is then called before every
+	// CSR. Without it (1.28.0–1.28.5) the trust read at start is kept.
+	CACertWatcher bool
 	// ReloadTrust returns the ConfigMap's current root-cert.pem; used only
-	// with Version130.
+	// with CACertWatcher.
 	ReloadTrust func(ctx context.Context) ([]byte, error)
 	// SecretTTL is the requested certificate validity (SECRET_TTL);
 	// DefaultSecretTTL when zero.
@@ -55,6 +60,8 @@ type ZtunnelOptions struct {
 	MaxConcurrentCSRs int
 	// Logger receives the ztunnel's logs; slog.Default() when nil.
 	Logger *slog.Logger
+	// OnIssuanceFailure is told of every failed CSR; optional.
+	OnIssuanceFailure IssuanceFunc
 }
 
 // IdentityStatus is one identity held by a ztunnel.
@@ -68,15 +75,16 @@ type IdentityStatus struct {
 	LastError string
 }
 
-// Ztunnel is a simulated ztunnel 1.28 (or 1.30+ with Version130): one
+// Ztunnel is a simulated ztunnel 1.28 (CACertWatcher: 1.28.6+, 1.30): one
 // certificate per identity of the ambient workloads on its node, an admin
 // server with /config_dump, and an mTLS listener for the Probe.
 type Ztunnel struct {
 	common
-	node       string
-	version130 bool
-	reload     func(ctx context.Context) ([]byte, error)
-	sem        chan struct{}
+	node    string
+	watcher bool
+	version string
+	reload  func(ctx context.Context) ([]byte, error)
+	sem     chan struct{}
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -111,8 +119,11 @@ func StartZtunnel(opts ZtunnelOptions) (*Ztunnel, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	if opts.Version130 && opts.ReloadTrust == nil {
-		return nil, fmt.Errorf("%s: Version130 needs ReloadTrust", name)
+	if opts.CACertWatcher && opts.ReloadTrust == nil {
+		return nil, fmt.Errorf("%s: CACertWatcher needs ReloadTrust", name)
+	}
+	if opts.Version == "" {
+		opts.Version = "1.28.1"
 	}
 	n := opts.MaxConcurrentCSRs
 	if n <= 0 {
@@ -123,21 +134,23 @@ func StartZtunnel(opts ZtunnelOptions) (*Ztunnel, error) {
 		log = slog.Default()
 	}
 	z := &Ztunnel{
-		common:     newCommon(opts.CA, opts.SecretTTL, opts.Now, opts.RetryBackoff, opts.MaxRetryBackoff, log.With("proxy", name)),
-		node:       opts.Node,
-		version130: opts.Version130,
-		reload:     opts.ReloadTrust,
-		sem:        make(chan struct{}, n),
-		trust:      trust,
-		ids:        map[string]*ztunnelIdentity{},
+		common:  newCommon(opts.CA, opts.SecretTTL, opts.Now, opts.RetryBackoff, opts.MaxRetryBackoff, log.With("proxy", name)),
+		node:    opts.Node,
+		watcher: opts.CACertWatcher,
+		version: opts.Version,
+		reload:  opts.ReloadTrust,
+		sem:     make(chan struct{}, n),
+		trust:   trust,
+		ids:     map[string]*ztunnelIdentity{},
 	}
+	z.onIssuance = opts.OnIssuanceFailure
 	z.ctx, z.cancel = context.WithCancel(context.Background())
 	dump := func(*http.Request) ([]byte, error) { return z.ConfigDump() }
 	if z.admin, z.mtls, err = startServers(name, z, dump, z.identityForSNI, z.now, z.log); err != nil {
 		z.cancel()
 		return nil, err
 	}
-	z.log.Info("ztunnel started", "admin", z.admin.addr(), "mtls", z.mtls.addr(), "trustedRoots", len(trust), "version130", opts.Version130)
+	z.log.Info("ztunnel started", "admin", z.admin.addr(), "mtls", z.mtls.addr(), "trustedRoots", len(trust), "version", opts.Version, "caCertWatcher", opts.CACertWatcher)
 	return z, nil
 }
 
@@ -264,6 +277,7 @@ func (z *Ztunnel) run(ctx context.Context, e *ztunnelIdentity) {
 				"expires", rfc3339(cert.Leaf().NotAfter), "roots", len(cert.Roots), "refreshIn", wait.Round(time.Millisecond).String())
 		} else {
 			z.log.Warn("certificate request failed", "identity", e.id.String(), "retryIn", wait.Round(time.Millisecond).String(), "err", err)
+			z.issuanceFailed("ztunnel/"+z.node, e.id.String(), err)
 		}
 		if !sleepCtx(ctx, wait, nil) {
 			return
@@ -272,7 +286,7 @@ func (z *Ztunnel) run(ctx context.Context, e *ztunnelIdentity) {
 }
 
 // fetch sends one CSR, with the 1.28 trust fixed at start or, with
-// Version130, the ConfigMap's current roots.
+// CACertWatcher, the ConfigMap's current roots.
 func (z *Ztunnel) fetch(ctx context.Context, id Identity) (*Certificate, error) {
 	select {
 	case z.sem <- struct{}{}:
@@ -280,7 +294,7 @@ func (z *Ztunnel) fetch(ctx context.Context, id Identity) (*Certificate, error) 
 		return nil, ctx.Err()
 	}
 	defer func() { <-z.sem }()
-	if z.version130 {
+	if z.watcher {
 		z.reloadTrust(ctx)
 	}
 	z.mu.Lock()
@@ -315,6 +329,36 @@ func (z *Ztunnel) credentials(identity string) (*Certificate, []*x509.Certificat
 }
 
 func (z *Ztunnel) server() *mtlsServer { return z.mtls }
+
+// issuanceError implements Proxy: the last CSR failure of an identity that
+// holds no certificate.
+func (z *Ztunnel) issuanceError(identity string) string {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	if e, ok := z.ids[identity]; ok && e.cert == nil {
+		return e.lastErr
+	}
+	return ""
+}
+
+// Ready implements Proxy: every identity of the node holds a certificate.
+func (z *Ztunnel) Ready() bool {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	for _, e := range z.ids {
+		if e.cert == nil {
+			return false
+		}
+	}
+	return !z.stopped
+}
+
+// Drain implements Proxy: the ztunnel pod is terminating. It keeps the
+// connections it holds until after, then ends them with reason and stops.
+func (z *Ztunnel) Drain(after time.Duration, reason string) {
+	z.log.Info("ztunnel draining", "deadline", after.String())
+	drain(z.mtls, after, reason, z.ctx.Done(), z.Stop)
+}
 
 func (z *Ztunnel) identityForSNI(sni string) (string, bool) {
 	z.mu.Lock()
@@ -375,10 +419,7 @@ type ztunnelBuildInfo struct {
 // "certificates" array is sorted by identity, each certificate with pem
 // (base64 of PEM), a decimal serialNumber and RFC 3339 times (facts §3).
 func (z *Ztunnel) ConfigDump() ([]byte, error) {
-	version := "1.28.1"
-	if z.version130 {
-		version = "1.30.0"
-	}
+	version := z.version
 	dump := ztunnelConfigDump{
 		Workloads:      []any{},
 		Services:       []any{},

@@ -341,11 +341,11 @@ func TestZtunnel128TrustIsFixedAtStart(t *testing.T) {
 		// after the switch to the new signer: restart the ztunnel with the
 		// ConfigMap's current bytes.
 		restart    bool
-		version130 bool
+		watcher    bool
 		wantIssuer bool // recovers with a leaf from the new intermediate
 	}{
 		{name: "a 1.28 ztunnel started before the new root loses its identities"},
-		{name: "a 1.30 ztunnel re-reads the ConfigMap and recovers", version130: true, wantIssuer: true},
+		{name: "a 1.30 ztunnel re-reads the ConfigMap and recovers", watcher: true, wantIssuer: true},
 		{name: "a 1.28 ztunnel restarted after the ConfigMap update recovers", restart: true, wantIssuer: true},
 	}
 	for _, tt := range tests {
@@ -355,8 +355,8 @@ func TestZtunnel128TrustIsFixedAtStart(t *testing.T) {
 			configMap := &syncBytes{b: a.rootPEM}
 			opts := ZtunnelOptions{
 				Node: "node-1", CA: istiod.client(), TrustPEM: configMap.get(), SecretTTL: 2 * time.Second,
-				Version130:  tt.version130,
-				ReloadTrust: func(context.Context) ([]byte, error) { return configMap.get(), nil },
+				CACertWatcher: tt.watcher,
+				ReloadTrust:   func(context.Context) ([]byte, error) { return configMap.get(), nil },
 			}
 			z := startZtunnel(t, opts)
 			setIdentities(t, z, ident("a"), ident("b"))
