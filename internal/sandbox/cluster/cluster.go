@@ -55,17 +55,6 @@ const (
 	KwokPortForwardCRD = "kwok/crds/kwok.x-k8s.io_portforwards.yaml"
 )
 
-// kwokStages are kwok's fast node and pod stages: nodes become Ready at once
-// and keep a lease; pods become Running/Ready, complete, and are deleted
-// without the random delays of the general stages.
-var kwokStages = []string{
-	"kwok/stages/node-initialize.yaml",
-	"kwok/stages/node-heartbeat-with-lease.yaml",
-	"kwok/stages/pod-ready.yaml",
-	"kwok/stages/pod-complete.yaml",
-	"kwok/stages/pod-delete.yaml",
-}
-
 // Config says where a cluster lives and where its binaries are.
 type Config struct {
 	// Dir holds everything the cluster writes (see the package
@@ -90,6 +79,10 @@ type Config struct {
 	Detach bool
 	// Logf, if set, receives one line per start-up step.
 	Logf func(format string, args ...any)
+	// ReadinessGate, when set, is a pod readiness gate that kwok leaves to
+	// the caller: pods carrying it turn Running but become Ready only when
+	// the caller sets the gate's condition and Ready (see gateReadiness).
+	ReadinessGate string
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -575,27 +568,12 @@ func (c *Cluster) kwokArgs() []string {
 		"--tls-cert-file=" + c.pki.certPath(kwokKubeletName),
 		"--tls-private-key-file=" + c.pki.keyPath(kwokKubeletName),
 		"--enable-crds=PortForward",
+		// Nodes renew a Lease in kube-node-lease as a kubelet does; without
+		// it the node-lifecycle controller marks every node NotReady ~50 s
+		// after start, and every pod with it.
+		"--node-lease-duration-seconds=40",
 		"--cidr=" + podCIDR,
 	}
-}
-
-// writeKwokConfig concatenates the stage files into kwok's config file:
-// the standalone kwok has no built-in stages.
-func (c *Cluster) writeKwokConfig() error {
-	var b strings.Builder
-	for _, s := range kwokStages {
-		data, err := os.ReadFile(c.cfg.asset(s))
-		if err != nil {
-			return fmt.Errorf("read kwok stage %s: %w", s, err)
-		}
-		data = fixNodeAddresses(s, data)
-		b.WriteString("---\n")
-		b.Write(data)
-		if !strings.HasSuffix(b.String(), "\n") {
-			b.WriteString("\n")
-		}
-	}
-	return writeFileAtomic(filepath.Join(c.cfg.Dir, "kwok", "kwok.yaml"), []byte(b.String()), 0o644)
 }
 
 // Stop stops the components in reverse start order (kwok, scheduler and
@@ -665,41 +643,4 @@ func (c *Cluster) Binary(name string) string { return filepath.Join(c.cfg.BinDir
 // LogPath returns the log file of a component (Etcd, APIServer, ...).
 func (c *Cluster) LogPath(component string) string {
 	return filepath.Join(c.cfg.Dir, "logs", component+".log")
-}
-
-// nodeAddresses always writes both addresses of a kwok node: InternalIP
-// (--node-ip) and Hostname (the node's name).
-const nodeAddresses = `      addresses:
-      {{ with NodeIP }}
-      - address: {{ . | Quote }}
-        type: InternalIP
-      {{ end }}
-      - address: {{ .metadata.name | Quote }}
-        type: Hostname
-
-`
-
-// fixNodeAddresses replaces the addresses block of kwok v0.8.0's node
-// stages. As shipped, NodeName renders empty, so a node never gets a
-// Hostname address, and whenever node-initialize runs again (after the
-// node-lifecycle controller marks a node Unknown, which happens on a loaded
-// control plane with hundreds of nodes) its template writes "addresses:"
-// with no entries: the API server then refuses every port-forward to the
-// node's pods ("no preferred addresses found") until the next heartbeat.
-//
-// A stage without the shipped block (another kwok version) is kept as is.
-func fixNodeAddresses(stage string, data []byte) []byte {
-	from, ok := map[string]string{
-		"node-initialize.yaml":           "      {{ $hasInternalIP := false }}",
-		"node-heartbeat-with-lease.yaml": "      addresses:\n      {{ with .status.addresses }}",
-	}[filepath.Base(stage)]
-	if !ok {
-		return data
-	}
-	text := string(data)
-	start, end := strings.Index(text, from), strings.Index(text, "      {{ with NodePort }}")
-	if start < 0 || end < start {
-		return data
-	}
-	return []byte(text[:start] + nodeAddresses + text[end:])
 }
