@@ -112,6 +112,9 @@ copy_assets() {
 		bin/assets/kwok/stages/
 	install -m 0644 "$kwok/kustomize/crd/bases/kwok.x-k8s.io_portforwards.yaml" bin/assets/kwok/crds/
 	install -m 0644 "$istio/manifests/charts/base/files/crd-all.gen.yaml" bin/assets/istio/
+	# The release line of the istiod we build, so the sandbox labels istiod
+	# with what it really is.
+	install -m 0644 "$istio/VERSION" bin/assets/istio/VERSION
 }
 
 if up_to_date; then

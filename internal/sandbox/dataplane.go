@@ -7,11 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/sandbox/mesh"
@@ -25,21 +26,54 @@ const adminPort = 15000
 // ConfigMap exists, and the runtime retries.
 var errNoRootCert = errors.New("configmap " + RootCertConfig + " not written by istiod yet")
 
+// disruptions is told what a user of the mesh would feel that the proxies
+// see first: failed certificate requests and terminated proxy pods. The
+// Probe implements it.
+type disruptions interface {
+	IssuanceFailed(proxy, identity string, err error)
+	ProxyTerminated(kind mesh.Kind)
+}
+
 // dataPlane runs the simulated proxies backing ztunnel and envoy pods.
 type dataPlane struct {
 	r *runtime
 
 	mu       sync.Mutex
-	ztunnels map[string]*mesh.Ztunnel // pod key → ztunnel
-	agents   map[string]*agentPod     // pod key → agent
+	proxies  map[string]*proxyPod     // pod key → live proxy
+	draining map[*proxyPod]struct{}   // terminating, until their deadline
+	targets  map[string]mesh.Endpoint // target → how it looks with no proxy
 	tokens   map[string]cachedToken   // ns/sa → token
+	sink     disruptions
 }
 
-type agentPod struct {
-	agent *mesh.Agent
-	ns    string
-	// lastPush is the root-cert.pem last pushed, so only changes are pushed.
+// proxyPod is the simulated proxy of one pod.
+type proxyPod struct {
+	kind    mesh.Kind
+	pod     string // ns/name
+	ns      string
+	target  string
+	started time.Time
+	grace   time.Duration
+	z       *mesh.Ztunnel
+	a       *mesh.Agent
+	// lastPush is the root-cert.pem last pushed to an agent, so only
+	// changes are pushed.
 	lastPush []byte
+	// ready is set once the pod's Ready condition was written.
+	ready bool
+}
+
+func (p *proxyPod) proxy() mesh.Proxy {
+	if p.z != nil {
+		return p.z
+	}
+	return p.a
+}
+
+func (p *proxyPod) endpoint(cluster string) mesh.Endpoint {
+	e := p.proxy().Endpoint()
+	e.Target, e.Cluster = p.target, cluster
+	return e
 }
 
 type cachedToken struct {
@@ -48,11 +82,30 @@ type cachedToken struct {
 }
 
 func newDataPlane(r *runtime) *dataPlane {
-	return &dataPlane{r: r, ztunnels: map[string]*mesh.Ztunnel{}, agents: map[string]*agentPod{}, tokens: map[string]cachedToken{}}
+	return &dataPlane{
+		r: r, proxies: map[string]*proxyPod{}, draining: map[*proxyPod]struct{}{},
+		targets: map[string]mesh.Endpoint{}, tokens: map[string]cachedToken{},
+	}
+}
+
+func (d *dataPlane) setSink(s disruptions) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.sink = s
+}
+
+// issuanceFailed forwards a proxy's failed CSR to the sink.
+func (d *dataPlane) issuanceFailed(proxy, identity string, err error) {
+	d.mu.Lock()
+	s := d.sink
+	d.mu.Unlock()
+	if s != nil {
+		s.IssuanceFailed(proxy, identity, err)
+	}
 }
 
 func (d *dataPlane) ca() mesh.CAClient {
-	return mesh.CAClient{Address: d.r.svc.Addr(), ClusterID: ClusterID, Token: d.token}
+	return mesh.CAClient{Address: d.r.svc.Addr(), ClusterID: d.r.opts.clusterID(), Token: d.token}
 }
 
 // token returns a cached istio-ca token for the identity's ServiceAccount.
@@ -75,33 +128,53 @@ func (d *dataPlane) token(ctx context.Context, id mesh.Identity) (string, error)
 }
 
 // podStart reads what a proxy pod sees when it starts: the env of its
-// istio-proxy container, its SECRET_TTL, and the istio-ca-root-cert bytes
-// mounted from its namespace (errNoRootCert while istiod has not written
-// them yet).
-func (d *dataPlane) podStart(pod *corev1.Pod) (env map[string]string, ttl time.Duration, trust []byte, err error) {
+// istio-proxy container, its SECRET_TTL, its termination grace period, and
+// the istio-ca-root-cert bytes mounted from its namespace (errNoRootCert
+// while istiod has not written them yet).
+func (d *dataPlane) podStart(pod *corev1.Pod) (env map[string]string, ttl, grace time.Duration, trust []byte, err error) {
 	env = podEnv(pod, proxyContainer)
 	ttl = d.r.opts.CertTTL
 	if v, err := time.ParseDuration(env[EnvSecretTTL]); err == nil && v > 0 {
 		ttl = v
 	}
-	if trust = d.r.rootCertOf(pod.Namespace); len(trust) == 0 {
-		return nil, 0, nil, errNoRootCert
+	grace = mesh.DefaultTerminationGracePeriod
+	if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		grace = time.Duration(*g) * time.Second
 	}
-	return env, ttl, trust, nil
+	if trust = d.r.rootCertOf(pod.Namespace); len(trust) == 0 {
+		return nil, 0, 0, nil, errNoRootCert
+	}
+	return env, ttl, grace, trust, nil
+}
+
+// workloadOf names the workload a pod belongs to: its Deployment (the
+// ReplicaSet owner without the pod-template hash) or other owner, else the
+// pod itself.
+func workloadOf(pod *corev1.Pod) string {
+	for _, o := range pod.OwnerReferences {
+		if o.Controller != nil && *o.Controller {
+			if h := pod.Labels["pod-template-hash"]; o.Kind == "ReplicaSet" && h != "" {
+				return strings.TrimSuffix(o.Name, "-"+h)
+			}
+			return o.Name
+		}
+	}
+	return pod.Name
 }
 
 func (d *dataPlane) startZtunnel(ctx context.Context, pod *corev1.Pod) error {
 	key := pod.Namespace + "/" + pod.Name
-	_, ttl, trust, err := d.podStart(pod)
+	_, ttl, grace, trust, err := d.podStart(pod)
 	if err != nil {
 		return fmt.Errorf("ztunnel %s: %w", key, err)
 	}
+	rel := ztunnelReleases[d.r.opts.ZtunnelVersion]
 	opts := mesh.ZtunnelOptions{
-		Node: pod.Spec.NodeName, CA: d.ca(), TrustPEM: trust, SecretTTL: ttl,
-		Logger: slog.Default().With("ztunnel", pod.Name),
+		Node: pod.Spec.NodeName, CA: d.ca(), TrustPEM: trust, SecretTTL: ttl, Version: rel.tag,
+		Logger: slog.Default().With("ztunnel", pod.Name), OnIssuanceFailure: d.issuanceFailed,
 	}
-	if d.r.opts.ZtunnelVersion == "1.30" {
-		opts.Version130 = true
+	if rel.watcher {
+		opts.CACertWatcher = true
 		ns := pod.Namespace
 		opts.ReloadTrust = func(context.Context) ([]byte, error) { return d.r.rootCertOf(ns), nil }
 	}
@@ -113,10 +186,26 @@ func (d *dataPlane) startZtunnel(ctx context.Context, pod *corev1.Pod) error {
 		z.Stop()
 		return err
 	}
+	p := &proxyPod{kind: mesh.KindZtunnel, pod: key, ns: pod.Namespace, target: "ztunnel/" + pod.Spec.NodeName, started: time.Now(), grace: grace, z: z}
+	d.add(p, mesh.Endpoint{Kind: mesh.KindZtunnel, Name: pod.Spec.NodeName, Node: pod.Spec.NodeName})
+	if err := d.setIdentities(z); err != nil {
+		return err
+	}
+	d.r.watchReady(pod, p)
+	return nil
+}
+
+// add registers a started proxy and its target (prefixed with the cluster
+// in a multi-cluster sandbox).
+func (d *dataPlane) add(p *proxyPod, down mesh.Endpoint) {
+	if c := d.r.opts.ClusterName; c != "" {
+		p.target = c + "/" + p.target
+	}
+	down.Target, down.Cluster = p.target, d.r.opts.ClusterName
 	d.mu.Lock()
-	d.ztunnels[key] = z
-	d.mu.Unlock()
-	return d.setIdentities(z)
+	defer d.mu.Unlock()
+	d.proxies[p.pod] = p
+	d.targets[p.target] = down
 }
 
 func (d *dataPlane) setIdentities(z *mesh.Ztunnel) error {
@@ -131,14 +220,14 @@ func (d *dataPlane) setIdentities(z *mesh.Ztunnel) error {
 	return z.SetIdentities(ids)
 }
 
-// workloadsChanged re-derives the identities of the ztunnel on node (every
-// ztunnel when node is empty).
+// workloadsChanged re-derives the identities of the ztunnels on node
+// (every ztunnel when node is empty).
 func (d *dataPlane) workloadsChanged(node string) {
 	d.mu.Lock()
 	var zs []*mesh.Ztunnel
-	for _, z := range d.ztunnels {
-		if node == "" || z.Node() == node {
-			zs = append(zs, z)
+	for _, p := range d.proxies {
+		if p.z != nil && (node == "" || p.z.Node() == node) {
+			zs = append(zs, p.z)
 		}
 	}
 	d.mu.Unlock()
@@ -151,7 +240,7 @@ func (d *dataPlane) workloadsChanged(node string) {
 
 func (d *dataPlane) startAgent(ctx context.Context, pod *corev1.Pod, kind podKind) error {
 	key := pod.Namespace + "/" + pod.Name
-	env, ttl, trust, err := d.podStart(pod)
+	env, ttl, grace, trust, err := d.podStart(pod)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", kind, key, err)
 	}
@@ -166,8 +255,9 @@ func (d *dataPlane) startAgent(ctx context.Context, pod *corev1.Pod, kind podKin
 		CA:       d.ca(), TrustPEM: trust, SecretTTL: ttl,
 		// PCDS works only when the pod got PROXY_CONFIG_XDS_AGENT at creation
 		// and istiod has ISTIO_MULTIROOT_MESH (istio-ca-facts.md §2).
-		PCDS:   env[EnvXDSAgent] == "true" && d.r.istiodMultiRoot(),
-		Logger: slog.Default().With(kind.String(), key),
+		PCDS:              env[EnvXDSAgent] == "true" && d.r.istiodMultiRoot(),
+		Logger:            slog.Default().With(kind.String(), key),
+		OnIssuanceFailure: d.issuanceFailed,
 	})
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", kind, key, err)
@@ -176,9 +266,10 @@ func (d *dataPlane) startAgent(ctx context.Context, pod *corev1.Pod, kind podKin
 		a.Stop()
 		return err
 	}
-	d.mu.Lock()
-	d.agents[key] = &agentPod{agent: a, ns: pod.Namespace, lastPush: trust}
-	d.mu.Unlock()
+	target := string(mk) + "/" + pod.Namespace + "/" + workloadOf(pod)
+	p := &proxyPod{kind: mk, pod: key, ns: pod.Namespace, target: target, started: time.Now(), grace: grace, a: a, lastPush: trust}
+	d.add(p, mesh.Endpoint{Kind: mk, Name: pod.Namespace + "/" + workloadOf(pod), Node: pod.Spec.NodeName})
+	d.r.watchReady(pod, p)
 	return nil
 }
 
@@ -188,65 +279,119 @@ func (d *dataPlane) startAgent(ctx context.Context, pod *corev1.Pod, kind podKin
 // agents without live PCDS ignore the push.
 func (d *dataPlane) rootCertChanged(ns string, pem []byte) {
 	d.mu.Lock()
-	var targets []*agentPod
-	for _, a := range d.agents {
-		if a.ns == ns && !bytes.Equal(a.lastPush, pem) {
-			a.lastPush = pem
-			targets = append(targets, a)
+	var targets []*proxyPod
+	for _, p := range d.proxies {
+		if p.a != nil && p.ns == ns && !bytes.Equal(p.lastPush, pem) {
+			p.lastPush = pem
+			targets = append(targets, p)
 		}
 	}
 	d.mu.Unlock()
-	for _, a := range targets {
-		if _, err := a.agent.PushTrustBundle(pem); err != nil {
-			slog.Warn("sandbox: trust bundle push", "agent", a.agent.Name(), "err", err)
+	for _, p := range targets {
+		if _, err := p.a.PushTrustBundle(pem); err != nil {
+			slog.Warn("sandbox: trust bundle push", "agent", p.a.Name(), "err", err)
 		}
 	}
 }
 
-func (d *dataPlane) stopProxy(ns, name string) {
+// terminate starts the termination of a pod's proxy: it takes no new
+// connection from now on (its target moves to a newer proxy, or has none:
+// a restart gap), keeps what it holds until its drain deadline (facts §7),
+// then ends it and stops.
+func (d *dataPlane) terminate(ns, name string) {
 	key := ns + "/" + name
 	d.mu.Lock()
-	z := d.ztunnels[key]
-	a := d.agents[key]
-	delete(d.ztunnels, key)
-	delete(d.agents, key)
+	p := d.proxies[key]
+	delete(d.proxies, key)
+	if p != nil {
+		d.draining[p] = struct{}{}
+	}
+	sink := d.sink
 	d.mu.Unlock()
-	if z != nil {
-		z.Stop()
+	if p == nil {
+		return
 	}
-	if a != nil {
-		a.agent.Stop()
+	if sink != nil {
+		sink.ProxyTerminated(p.kind)
 	}
+	after := mesh.DrainDeadline(p.kind, p.grace)
+	p.proxy().Drain(after, fmt.Sprintf("%s pod %s terminated: connections closed at its drain deadline (%s after the delete, grace period %s)", p.kind, key, after, p.grace))
+	go func() {
+		// Forget it once its deadline passed: Drain has stopped it.
+		t := time.NewTimer(after + time.Second)
+		defer t.Stop()
+		<-t.C
+		d.mu.Lock()
+		delete(d.draining, p)
+		d.mu.Unlock()
+	}()
 }
 
 func (d *dataPlane) stopAll() {
 	d.mu.Lock()
-	var keys []string
-	for k := range d.ztunnels {
-		keys = append(keys, k)
+	var all []*proxyPod
+	for _, p := range d.proxies {
+		all = append(all, p)
 	}
-	for k := range d.agents {
-		keys = append(keys, k)
+	for p := range d.draining {
+		all = append(all, p)
 	}
+	clear(d.proxies)
+	clear(d.draining)
 	d.mu.Unlock()
-	for _, k := range keys {
-		ns, name, _ := cache.SplitMetaNamespaceKey(k)
-		d.stopProxy(ns, name)
+	for _, p := range all {
+		if p.z != nil {
+			p.z.Stop()
+		} else {
+			p.a.Stop()
+		}
 	}
 }
 
-// endpoints lists the live proxies for the probe.
+// endpoints lists, for the probe, one Endpoint per target: the newest
+// proxy that is ready (holds its certificates), else the newest one, else —
+// when a target has no live proxy at all — an Endpoint without a proxy, to
+// which connections are refused.
 func (d *dataPlane) endpoints() []mesh.Endpoint {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]mesh.Endpoint, 0, len(d.ztunnels)+len(d.agents))
-	for _, z := range d.ztunnels {
-		out = append(out, z.Endpoint())
+	best := map[string]*proxyPod{}
+	for _, p := range d.proxies {
+		b := best[p.target]
+		pr, br := p.proxy().Ready(), b != nil && b.proxy().Ready()
+		if b == nil || pr && !br || pr == br && p.started.After(b.started) {
+			best[p.target] = p
+		}
 	}
-	for _, a := range d.agents {
-		out = append(out, a.agent.Endpoint())
+	out := make([]mesh.Endpoint, 0, len(d.targets))
+	for target, down := range d.targets {
+		if p := best[target]; p != nil {
+			out = append(out, p.endpoint(d.r.opts.ClusterName))
+		} else {
+			out = append(out, down)
+		}
 	}
 	return out
+}
+
+// markReady records that p's pod was marked Ready.
+func (d *dataPlane) markReady(p *proxyPod) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p.ready = true
+}
+
+// unready counts the proxies whose pod is not marked Ready yet.
+func (d *dataPlane) unready() (n int, example string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, p := range d.proxies {
+		if !p.ready {
+			n++
+			example = p.pod
+		}
+	}
+	return n, example
 }
 
 // proxyStatus summarises the data plane for readiness and `sandbox status`.
@@ -263,24 +408,25 @@ func (d *dataPlane) status() []proxyStatus {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []proxyStatus
-	for key, z := range d.ztunnels {
-		st := proxyStatus{Kind: "ztunnel", Pod: key, Node: z.Node()}
-		for _, id := range z.Identities() {
-			st.Identities++
-			if id.State == mesh.StateAvailable {
-				st.Available++
-			} else if st.Problem == "" {
-				st.Problem = id.Identity.String() + ": " + id.State
+	for key, p := range d.proxies {
+		if z := p.z; z != nil {
+			st := proxyStatus{Kind: "ztunnel", Pod: key, Node: z.Node()}
+			for _, id := range z.Identities() {
+				st.Identities++
+				if id.State == mesh.StateAvailable {
+					st.Available++
+				} else if st.Problem == "" {
+					st.Problem = id.Identity.String() + ": " + id.State
+				}
 			}
+			out = append(out, st)
+			continue
 		}
-		out = append(out, st)
-	}
-	for key, a := range d.agents {
-		st := proxyStatus{Kind: string(a.agent.Kind()), Pod: key, Node: a.agent.Endpoint().Node, Identities: 1}
-		if a.agent.Certificate() != nil {
+		st := proxyStatus{Kind: string(p.a.Kind()), Pod: key, Node: p.a.Endpoint().Node, Identities: 1}
+		if p.a.Certificate() != nil {
 			st.Available = 1
 		} else {
-			st.Problem = a.agent.LastError()
+			st.Problem = p.a.LastError()
 		}
 		out = append(out, st)
 	}
@@ -316,25 +462,27 @@ func (d *dataPlane) held() []HeldCert {
 		}
 		out = append(out, h)
 	}
-	for key, z := range d.ztunnels {
-		for _, id := range z.Identities() {
-			var roots []*x509.Certificate
-			if id.Cert != nil {
-				roots = id.Cert.Roots
+	for key, p := range d.proxies {
+		if z := p.z; z != nil {
+			for _, id := range z.Identities() {
+				var roots []*x509.Certificate
+				if id.Cert != nil {
+					roots = id.Cert.Roots
+				}
+				msg := ""
+				if id.State != mesh.StateAvailable {
+					msg = id.State
+				}
+				add(key, id.Identity.String(), id.Cert, roots, msg)
 			}
-			msg := ""
-			if id.State != mesh.StateAvailable {
-				msg = id.State
-			}
-			add(key, id.Identity.String(), id.Cert, roots, msg)
+			continue
 		}
-	}
-	for key, a := range d.agents {
-		c, msg := a.agent.Certificate(), ""
+		c, msg := p.a.Certificate(), ""
 		if c == nil {
-			msg = a.agent.LastError()
+			msg = p.a.LastError()
 		}
-		add(key, a.agent.Identity().String(), c, a.agent.RootCA(), msg)
+		add(key, p.a.Identity().String(), c, p.a.RootCA(), msg)
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Proxy+out[i].Identity < out[j].Proxy+out[j].Identity })
 	return out
 }

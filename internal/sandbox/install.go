@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -11,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 
 	"github.com/meshca/meshca/internal/bundle"
 )
@@ -20,17 +22,18 @@ import (
 // the ingress gateway), so that meshca discovers them as it would in a real
 // cluster.
 const (
-	IstioNamespace   = "istio-system"
-	IstiodName       = "istiod"
-	ZtunnelName      = "ztunnel"
-	GatewayName      = "istio-ingressgateway"
-	WaypointName     = "waypoint"
-	CACertsSecret    = "cacerts"
-	MeshConfigMap    = "istio"
-	RootCertConfig   = "istio-ca-root-cert"
-	TrustDomain      = "cluster.local"
-	ClusterID        = "Kubernetes"
-	istioVersion     = "1.28.1"
+	IstioNamespace = "istio-system"
+	IstiodName     = "istiod"
+	ZtunnelName    = "ztunnel"
+	GatewayName    = "istio-ingressgateway"
+	WaypointName   = "waypoint"
+	CACertsSecret  = "cacerts"
+	MeshConfigMap  = "istio"
+	RootCertConfig = "istio-ca-root-cert"
+	TrustDomain    = "cluster.local"
+	ClusterID      = "Kubernetes"
+	// proxyVersion is the release the simulated envoy proxies follow.
+	proxyVersion     = "1.28.1"
 	proxyContainer   = "istio-proxy"
 	labelDataplane   = "istio.io/dataplane-mode"
 	labelManagedBy   = "gateway.istio.io/managed"
@@ -42,7 +45,24 @@ const (
 	EnvXDSAgent  = "PROXY_CONFIG_XDS_AGENT"
 	// EnvSecretTTL is the workload certificate lifetime proxies request.
 	EnvSecretTTL = "SECRET_TTL"
+	// ProxyReadyGate is the readiness gate of every proxy pod: the sandbox,
+	// playing kubelet, sets it (and the pod's Ready condition) only once the
+	// simulated proxy holds its certificates and its admin port answers a
+	// port-forward, as a real proxy's readiness probe would.
+	ProxyReadyGate = "sandbox.meshca.io/proxy-ready"
 )
+
+// ztunnelReleases are the simulated ztunnel versions, by --ztunnel-version:
+// the image tag and whether CA_CERT_WATCHER re-reads istiod's root file
+// (facts §3: from 1.28.6, 1.29.2 and 1.30.0).
+var ztunnelReleases = map[string]struct {
+	tag     string
+	watcher bool
+}{
+	"1.28":   {"1.28.1", false},
+	"1.28.6": {"1.28.6", true},
+	"1.30":   {"1.30.0", true},
+}
 
 // installSpec is what Install creates.
 type installSpec struct {
@@ -51,7 +71,14 @@ type installSpec struct {
 	MultiRoot      bool
 	XDSAgent       bool
 	ZtunnelVersion string
-	Bundle         *bundle.Bundle
+	// IstiodVersion is the version of the istiod binary, for its image tag.
+	IstiodVersion string
+	// GracePeriod is terminationGracePeriodSeconds of the proxy pods (30 s
+	// in the Istio charts).
+	GracePeriod time.Duration
+	// ClusterID is istiod's CLUSTER_ID and the proxies' ISTIO_META_CLUSTER_ID.
+	ClusterID string
+	Bundle    *bundle.Bundle
 	// AppNamespaces are the ambient namespaces the workloads are spread over.
 	AppNamespaces []string
 	// ServiceAccounts per app namespace.
@@ -125,22 +152,19 @@ func install(ctx context.Context, c kubernetes.Interface, s installSpec) error {
 		{Name: "PILOT_ENABLE_AMBIENT", Value: "true"},
 		{Name: "CA_TRUSTED_NODE_ACCOUNTS", Value: IstioNamespace + "/" + ZtunnelName},
 		{Name: EnvMultiRoot, Value: strconv.FormatBool(s.MultiRoot)},
+		{Name: "CLUSTER_ID", Value: s.ClusterID},
 	}
 	istiod := deployment(IstioNamespace, IstiodName, 1,
 		map[string]string{"app": IstiodName, "istio": "pilot", "istio.io/rev": "default"},
-		corev1.Container{Name: "discovery", Image: "docker.io/istio/pilot:" + istioVersion, Args: []string{"discovery"}, Env: istiodEnv,
+		corev1.Container{Name: "discovery", Image: "docker.io/istio/pilot:" + s.IstiodVersion, Args: []string{"discovery"}, Env: istiodEnv,
 			VolumeMounts: []corev1.VolumeMount{{Name: "cacerts", MountPath: "/etc/cacerts", ReadOnly: true}}},
 		IstiodName)
-	istiod.Spec.Template.Spec.Volumes = []corev1.Volume{{Name: "cacerts", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: CACertsSecret, Optional: ptr(true)}}}}
+	istiod.Spec.Template.Spec.Volumes = []corev1.Volume{{Name: "cacerts", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: CACertsSecret, Optional: ptr.To(true)}}}}
 	_, err = c.AppsV1().Deployments(IstioNamespace).Create(ctx, istiod, metav1.CreateOptions{})
 	if err := create("deployment", IstiodName, err); err != nil {
 		return err
 	}
 
-	ztunnelVersion := istioVersion
-	if s.ZtunnelVersion == "1.30" {
-		ztunnelVersion = "1.30.0"
-	}
 	ds := &appsv1.DaemonSet{
 		ObjectMeta: metav1.ObjectMeta{Name: ZtunnelName, Namespace: IstioNamespace, Labels: map[string]string{"app": ZtunnelName, "app.kubernetes.io/name": ZtunnelName}},
 		Spec: appsv1.DaemonSetSpec{
@@ -150,17 +174,27 @@ func install(ctx context.Context, c kubernetes.Interface, s installSpec) error {
 				Spec: corev1.PodSpec{
 					ServiceAccountName: ZtunnelName,
 					Containers: []corev1.Container{{
-						Name: "istio-proxy", Image: "docker.io/istio/ztunnel:" + ztunnelVersion,
+						Name: "istio-proxy", Image: "docker.io/istio/ztunnel:" + ztunnelReleases[s.ZtunnelVersion].tag,
 						Args: []string{"proxy", "ztunnel"},
 						Env: []corev1.EnvVar{
 							{Name: "CA_ADDRESS", Value: "istiod.istio-system.svc:15012"},
 							{Name: "XDS_ADDRESS", Value: "istiod.istio-system.svc:15012"},
 							{Name: EnvSecretTTL, Value: s.CertTTL},
-							{Name: "ISTIO_META_CLUSTER_ID", Value: ClusterID},
+							{Name: "ISTIO_META_CLUSTER_ID", Value: s.ClusterID},
 						},
 						Ports: []corev1.ContainerPort{{Name: "ztunnel-stats", ContainerPort: 15020}},
 					}},
-					Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+					Tolerations:                   []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+					TerminationGracePeriodSeconds: ptr.To(int64(s.GracePeriod / time.Second)),
+					ReadinessGates:                []corev1.PodReadinessGate{{ConditionType: ProxyReadyGate}},
+				},
+			},
+			// The ztunnel chart's update strategy (facts §7): a new pod
+			// takes over on a node before the old one drains.
+			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{
+				Type: appsv1.RollingUpdateDaemonSetStrategyType,
+				RollingUpdate: &appsv1.RollingUpdateDaemonSet{
+					MaxSurge: ptr.To(intstr.FromInt32(1)), MaxUnavailable: ptr.To(intstr.FromInt32(0)),
 				},
 			},
 		},
@@ -170,7 +204,7 @@ func install(ctx context.Context, c kubernetes.Interface, s installSpec) error {
 		return err
 	}
 
-	gw := deployment(IstioNamespace, GatewayName, 1,
+	gw := s.proxyDeployment(IstioNamespace, GatewayName,
 		map[string]string{"app": GatewayName, "istio": "ingressgateway", "sidecar.istio.io/inject": "false"},
 		s.proxyContainer("router"), GatewayName)
 	_, err = c.AppsV1().Deployments(IstioNamespace).Create(ctx, gw, metav1.CreateOptions{})
@@ -190,7 +224,7 @@ func install(ctx context.Context, c kubernetes.Interface, s installSpec) error {
 		if err := sa(name, WaypointName); err != nil {
 			return err
 		}
-		wp := deployment(name, WaypointName, 1, map[string]string{
+		wp := s.proxyDeployment(name, WaypointName, map[string]string{
 			labelManagedBy: managedByMesh, labelGatewayName: WaypointName, "istio.io/gateway-name": WaypointName, labelDataplane: "none",
 		}, s.proxyContainer("waypoint"), WaypointName)
 		_, err = c.AppsV1().Deployments(name).Create(ctx, wp, metav1.CreateOptions{})
@@ -228,17 +262,33 @@ func install(ctx context.Context, c kubernetes.Interface, s installSpec) error {
 // the mesh config's proxyMetadata become env vars of the pod at creation.
 func (s installSpec) proxyContainer(role string) corev1.Container {
 	env := []corev1.EnvVar{
-		{Name: "ISTIO_META_CLUSTER_ID", Value: ClusterID},
+		{Name: "ISTIO_META_CLUSTER_ID", Value: s.ClusterID},
 		{Name: EnvSecretTTL, Value: s.CertTTL},
 	}
 	if s.XDSAgent {
 		env = append(env, corev1.EnvVar{Name: EnvXDSAgent, Value: "true"})
 	}
 	return corev1.Container{
-		Name: proxyContainer, Image: "docker.io/istio/proxyv2:" + istioVersion,
+		Name: proxyContainer, Image: "docker.io/istio/proxyv2:" + proxyVersion,
 		Args: []string{"proxy", role, "--domain", "$(POD_NAMESPACE).svc.cluster.local"},
 		Env:  env,
 	}
+}
+
+// proxyDeployment is a one-replica envoy Deployment as the gateway chart
+// and the waypoint controller render it: rolling update with maxSurge 1 and
+// maxUnavailable 0, the chart's grace period, and the proxy readiness gate.
+func (s installSpec) proxyDeployment(namespace, name string, labels map[string]string, container corev1.Container, serviceAccount string) *appsv1.Deployment {
+	d := deployment(namespace, name, 1, labels, container, serviceAccount)
+	d.Spec.Strategy = appsv1.DeploymentStrategy{
+		Type: appsv1.RollingUpdateDeploymentStrategyType,
+		RollingUpdate: &appsv1.RollingUpdateDeployment{
+			MaxSurge: ptr.To(intstr.FromInt32(1)), MaxUnavailable: ptr.To(intstr.FromInt32(0)),
+		},
+	}
+	d.Spec.Template.Spec.TerminationGracePeriodSeconds = ptr.To(int64(s.GracePeriod / time.Second))
+	d.Spec.Template.Spec.ReadinessGates = []corev1.PodReadinessGate{{ConditionType: ProxyReadyGate}}
+	return d
 }
 
 func deployment(namespace, name string, replicas int32, labels map[string]string, container corev1.Container, serviceAccount string) *appsv1.Deployment {
@@ -251,7 +301,7 @@ func deployment(namespace, name string, replicas int32, labels map[string]string
 	return &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: labels},
 		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr(replicas),
+			Replicas: ptr.To(replicas),
 			Selector: &metav1.LabelSelector{MatchLabels: selector},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
@@ -264,5 +314,3 @@ func deployment(namespace, name string, replicas int32, labels map[string]string
 		},
 	}
 }
-
-func ptr[T any](v T) *T { return &v }

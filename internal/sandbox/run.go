@@ -16,26 +16,39 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/meshca/meshca/internal/bundle"
 
 	"github.com/meshca/meshca/internal/report"
 	"github.com/meshca/meshca/internal/sandbox/cluster"
 	"github.com/meshca/meshca/internal/sandbox/mesh"
 )
 
-// Sandbox is a running proving ground.
+// Sandbox is a running proving ground: one cluster, or several sharing a
+// root (Options.Clusters), with one probe over all of them.
 type Sandbox struct {
 	opts    Options
-	cluster *cluster.Cluster
-	rt      *runtime
+	members []*Member
 	probe   *mesh.Probe
 	cancel  context.CancelFunc
-	done    chan struct{}
 	control *http.Server
 	started time.Time
 }
 
+// Member is one cluster of a sandbox: its control plane, its istiod and its
+// simulated data plane.
+type Member struct {
+	opts    Options
+	cluster *cluster.Cluster
+	rt      *runtime
+	done    chan struct{}
+}
+
 // Start brings the whole sandbox up and returns once every proxy holds its
-// certificates. On failure everything started so far is stopped.
+// certificates and every proxy pod is Ready. On failure everything started
+// so far is stopped.
 func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	if err := opts.defaults(); err != nil {
 		return nil, err
@@ -44,64 +57,51 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
 		return nil, err
 	}
-	b, err := generateCA(opts.Dir, opts.KeyType)
+	names := opts.clusterNames()
+	bundles, err := generateCA(opts.Dir, opts.KeyType, opts.RootSubject, names)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox CA: %w", err)
 	}
-	cfg := cluster.Config{Dir: filepath.Join(opts.Dir, "cluster"), BinDir: opts.BinDir, CRDs: []string{cluster.IstioCRDs}, Logf: opts.Logf}
-	if missing := cfg.Missing(); len(missing) > 0 {
+	if missing := (cluster.Config{BinDir: opts.BinDir}).Missing(); len(missing) > 0 {
 		return nil, fmt.Errorf("sandbox: control-plane binaries missing (%v): build them with `make controlplane` (about 9 minutes the first time)", missing)
 	}
-	c, err := cluster.Start(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	s := &Sandbox{opts: opts, cluster: c, done: make(chan struct{}), started: t0}
+	opts.istiodVersion = IstiodVersion(opts.BinDir)
+	opts.Logf("istiod %s (pilot-discovery built from istio.io/istio; proxies simulated: ztunnel %s, envoy/istio-agent %s)",
+		opts.istiodVersion, ztunnelReleases[opts.ZtunnelVersion].tag, proxyVersion)
+	runCtx, cancel := context.WithCancel(context.Background())
+	s := &Sandbox{opts: opts, cancel: cancel, started: t0}
 	defer func() {
 		if err != nil {
 			_ = s.Stop()
 		}
 	}()
-	opts.Logf("control plane up in %s", time.Since(t0).Round(time.Millisecond))
-	if err := linkKubeconfig(c.Kubeconfig(), filepath.Join(opts.Dir, KubeconfigFile)); err != nil {
-		return nil, err
-	}
-	if err := c.AddNodes(ctx, opts.Nodes, "sandbox"); err != nil {
-		return nil, err
-	}
-	opts.Logf("%d nodes ready", opts.Nodes)
-
-	if s.rt, err = newRuntime(&s.opts, c); err != nil {
-		return nil, err
-	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	go func() {
-		defer close(s.done)
-		if err := s.rt.run(runCtx); err != nil {
-			opts.Logf("sandbox runtime: %v", err)
-		}
-	}()
 	if opts.ProbeInterval > 0 {
-		if s.probe, err = mesh.NewProbe(mesh.ProbeOptions{Endpoints: s.rt.data.endpoints, Interval: opts.ProbeInterval}); err != nil {
+		if s.probe, err = mesh.NewProbe(mesh.ProbeOptions{Endpoints: s.endpoints, Interval: opts.ProbeInterval, LongLived: opts.LongLived}); err != nil {
 			return nil, err
 		}
-		go s.probe.Run(runCtx)
 	}
-
-	namespaces := s.AppNamespaces()
-	spec := installSpec{
-		Workloads: opts.Workloads, CertTTL: opts.CertTTL.String(),
-		MultiRoot: opts.MultiRoot, XDSAgent: opts.XDSAgent, ZtunnelVersion: opts.ZtunnelVersion,
-		Bundle: b, AppNamespaces: namespaces, ServiceAccounts: opts.ServiceAccounts,
+	for _, name := range names {
+		mo := opts
+		mo.ClusterName = name
+		if name != "" {
+			mo.Dir = filepath.Join(opts.Dir, name)
+		}
+		m, err := s.startMember(ctx, runCtx, mo, bundles[name])
+		if m != nil {
+			s.members = append(s.members, m)
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	if err := install(ctx, c.Client(), spec); err != nil {
+	if err := s.writeKubeconfig(); err != nil {
 		return nil, err
 	}
 	if err := s.WaitReady(ctx, 5*time.Minute); err != nil {
 		return nil, err
 	}
 	if s.probe != nil {
+		go s.probe.Run(runCtx)
 		s.probe.Reset()
 	}
 	opts.Logf("sandbox ready in %s", time.Since(t0).Round(time.Millisecond))
@@ -111,18 +111,76 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	return s, nil
 }
 
-// WaitReady waits until istiod serves, every ztunnel holds a certificate for
-// each identity of its node, and every envoy proxy holds its certificate.
+// startMember starts one cluster: control plane, nodes, the runtime that
+// plays kubelet, and the simulated Istio install with its CA bundle b. The
+// member is returned even on error, so that it can be stopped.
+func (s *Sandbox) startMember(ctx, runCtx context.Context, opts Options, b *bundle.Bundle) (*Member, error) {
+	t0 := time.Now()
+	label := "cluster " + opts.ClusterName + ": "
+	if opts.ClusterName == "" {
+		label = ""
+	}
+	cfg := cluster.Config{Dir: filepath.Join(opts.Dir, "cluster"), BinDir: opts.BinDir, CRDs: []string{cluster.IstioCRDs}, Logf: opts.Logf, ReadinessGate: ProxyReadyGate}
+	c, err := cluster.Start(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	m := &Member{opts: opts, cluster: c, done: make(chan struct{})}
+	opts.Logf("%scontrol plane up in %s", label, time.Since(t0).Round(time.Millisecond))
+	if err := c.AddNodes(ctx, opts.Nodes, "sandbox"); err != nil {
+		close(m.done)
+		return m, err
+	}
+	opts.Logf("%s%d nodes ready", label, opts.Nodes)
+	if m.rt, err = newRuntime(&m.opts, c); err != nil {
+		close(m.done)
+		return m, err
+	}
+	if s.probe != nil {
+		m.rt.data.setSink(s.probe)
+	}
+	go func() {
+		defer close(m.done)
+		if err := m.rt.run(runCtx); err != nil {
+			opts.Logf("%ssandbox runtime: %v", label, err)
+		}
+	}()
+	spec := installSpec{
+		Workloads: opts.Workloads, CertTTL: opts.CertTTL.String(),
+		MultiRoot: opts.MultiRoot, XDSAgent: opts.XDSAgent, ZtunnelVersion: opts.ZtunnelVersion,
+		IstiodVersion: opts.istiodVersion, GracePeriod: opts.GracePeriod, ClusterID: opts.clusterID(),
+		Bundle: b, AppNamespaces: s.AppNamespaces(), ServiceAccounts: opts.ServiceAccounts,
+	}
+	if err := install(ctx, c.Client(), spec); err != nil {
+		return m, err
+	}
+	return m, nil
+}
+
+// endpoints is the probe's view: every member's proxies.
+func (s *Sandbox) endpoints() []mesh.Endpoint {
+	var out []mesh.Endpoint
+	for _, m := range s.members {
+		if m.rt != nil {
+			out = append(out, m.rt.data.endpoints()...)
+		}
+	}
+	return out
+}
+
+// WaitReady waits until, in every cluster, istiod serves, every ztunnel
+// holds a certificate for each identity of its node, every envoy proxy holds
+// its certificate, and every proxy pod is Ready (its admin port answered an
+// unretried port-forward).
 func (s *Sandbox) WaitReady(ctx context.Context, timeout time.Duration) error {
 	var last string
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
-		st, err := s.Status(ctx)
-		if err != nil {
-			last = err.Error()
-			return false, nil
+		for _, m := range s.members {
+			if last = m.pending(); last != "" {
+				return false, nil
+			}
 		}
-		last = st.pending()
-		return last == "", nil
+		return true, nil
 	})
 	if err != nil {
 		return fmt.Errorf("sandbox not ready after %s: %s", timeout, last)
@@ -130,34 +188,65 @@ func (s *Sandbox) WaitReady(ctx context.Context, timeout time.Duration) error {
 	return nil
 }
 
-// Stop stops the data plane, istiod and the control plane.
+// pending says what the member still waits for, or "" when ready.
+func (m *Member) pending() string {
+	if m.rt == nil {
+		return "runtime not started"
+	}
+	prefix := ""
+	if m.opts.ClusterName != "" {
+		prefix = "cluster " + m.opts.ClusterName + ": "
+	}
+	st := m.status()
+	if p := st.pending(); p != "" {
+		return prefix + p
+	}
+	if n, example := m.rt.data.unready(); n > 0 {
+		return fmt.Sprintf("%s%d proxy pods not Ready yet (e.g. %s: its admin port does not answer a port-forward yet)", prefix, n, example)
+	}
+	return ""
+}
+
+// Stop stops the probe, then in every cluster the data plane, istiod and
+// the control plane.
 func (s *Sandbox) Stop() error {
 	if s.control != nil {
 		_ = s.control.Close()
 	}
 	if s.cancel != nil {
 		s.cancel()
-		<-s.done
 	}
-	if s.rt != nil {
-		s.rt.shutdown()
+	var errs []error
+	for _, m := range s.members {
+		errs = append(errs, m.stop())
 	}
-	err := s.cluster.Stop()
 	_ = os.Remove(filepath.Join(s.opts.Dir, StateFile))
-	return err
+	return errors.Join(errs...)
+}
+
+func (m *Member) stop() error {
+	if m.rt != nil {
+		<-m.done
+		m.rt.shutdown()
+	}
+	return m.cluster.Stop()
 }
 
 // Dir is the sandbox directory.
 func (s *Sandbox) Dir() string { return s.opts.Dir }
 
-// Kubeconfig is the path of the admin kubeconfig.
+// Kubeconfig is the path of the admin kubeconfig: one context per cluster
+// (named after it) in a multi-cluster sandbox.
 func (s *Sandbox) Kubeconfig() string { return filepath.Join(s.opts.Dir, KubeconfigFile) }
 
-// Client is an admin clientset.
-func (s *Sandbox) Client() kubernetes.Interface { return s.cluster.Client() }
+// Members are the clusters of the sandbox, in order.
+func (s *Sandbox) Members() []*Member { return s.members }
 
-// Cluster is the underlying control plane.
-func (s *Sandbox) Cluster() *cluster.Cluster { return s.cluster }
+// Client is an admin clientset of the first cluster.
+func (s *Sandbox) Client() kubernetes.Interface { return s.members[0].Client() }
+
+// Cluster is the control plane of the first cluster.
+func (s *Sandbox) Cluster() *cluster.Cluster { return s.members[0].cluster }
 
 // Probe returns the mTLS probe's counters (zero when the probe is off).
 func (s *Sandbox) Probe() mesh.Snapshot {
@@ -174,9 +263,16 @@ func (s *Sandbox) ResetProbe() {
 	}
 }
 
-// Held lists what every identity of every live simulated proxy holds now,
-// read from the proxies themselves (not through their admin APIs).
-func (s *Sandbox) Held() []HeldCert { return s.rt.data.held() }
+// Held lists what every identity of every live simulated proxy of every
+// cluster holds now, read from the proxies themselves (not through their
+// admin APIs).
+func (s *Sandbox) Held() []HeldCert {
+	var out []HeldCert
+	for _, m := range s.members {
+		out = append(out, m.Held()...)
+	}
+	return out
+}
 
 // AppNamespaces are the ambient namespaces of the workloads and waypoints.
 func (s *Sandbox) AppNamespaces() []string {
@@ -187,35 +283,116 @@ func (s *Sandbox) AppNamespaces() []string {
 	return out
 }
 
-// IstiodLogContains reports whether a running istiod logged s.
-func (s *Sandbox) IstiodLogContains(str string) bool { return s.rt.istiodLogContains(str) }
+// IstiodLogContains reports whether a running istiod of any cluster logged
+// str.
+func (s *Sandbox) IstiodLogContains(str string) bool {
+	for _, m := range s.members {
+		if m.rt.istiodLogContains(str) {
+			return true
+		}
+	}
+	return false
+}
+
+// Draining counts the proxies of every cluster that are terminating: they
+// still hold connections until their drain deadline.
+func (s *Sandbox) Draining() int {
+	n := 0
+	for _, m := range s.members {
+		if m.rt != nil {
+			m.rt.data.mu.Lock()
+			n += len(m.rt.data.draining)
+			m.rt.data.mu.Unlock()
+		}
+	}
+	return n
+}
+
+// IstiodVersion is the version of the istiod the sandbox runs.
+func (s *Sandbox) IstiodVersion() string { return s.opts.istiodVersion }
 
 // CADir is where the sandbox keeps the CA material it installed (the root key
 // stays here, never in the cluster).
 func (s *Sandbox) CADir() string { return filepath.Join(s.opts.Dir, CADir) }
 
-// Status is the JSON of `sandbox status`.
-type Status struct {
-	Dir        string        `json:"dir"`
-	Kubeconfig string        `json:"kubeconfig"`
-	Uptime     string        `json:"uptime"`
-	Istiods    []string      `json:"istiods"`
-	Proxies    []proxyStatus `json:"proxies"`
-	Probe      mesh.Snapshot `json:"probe"`
+// Name is the member's cluster name and kubeconfig context ("" in a
+// single-cluster sandbox).
+func (m *Member) Name() string { return m.opts.ClusterName }
+
+// Client is the member's admin clientset.
+func (m *Member) Client() kubernetes.Interface { return m.cluster.Client() }
+
+// Cluster is the member's control plane.
+func (m *Member) Cluster() *cluster.Cluster { return m.cluster }
+
+// Held lists what the member's live proxies hold; in a multi-cluster
+// sandbox each Proxy is prefixed with the cluster.
+func (m *Member) Held() []HeldCert {
+	held := m.rt.data.held()
+	if m.opts.ClusterName != "" {
+		for i := range held {
+			held[i].Proxy = m.opts.ClusterName + "/" + held[i].Proxy
+		}
+	}
+	return held
 }
 
-// Status reports the sandbox's components and proxies.
+// Status is the JSON of `sandbox status`.
+type Status struct {
+	Dir        string `json:"dir"`
+	Kubeconfig string `json:"kubeconfig"`
+	Uptime     string `json:"uptime"`
+	// IstiodVersion is what the real istiod is built from; ZtunnelVersion
+	// and ProxyVersion are the releases the simulated proxies follow.
+	IstiodVersion  string        `json:"istiodVersion"`
+	ZtunnelVersion string        `json:"ztunnelVersion"`
+	ProxyVersion   string        `json:"proxyVersion"`
+	Clusters       []string      `json:"clusters,omitempty"`
+	Istiods        []string      `json:"istiods"`
+	Proxies        []proxyStatus `json:"proxies"`
+	Probe          mesh.Snapshot `json:"probe"`
+}
+
+// Status reports the sandbox's components and proxies (in a multi-cluster
+// sandbox, istiod and proxy names are prefixed with their cluster).
 func (s *Sandbox) Status(context.Context) (*Status, error) {
-	st := &Status{Dir: s.opts.Dir, Kubeconfig: s.Kubeconfig(), Uptime: time.Since(s.started).Round(time.Second).String(), Probe: s.Probe()}
-	s.rt.mu.Lock()
-	st.Istiods = append(st.Istiods, s.rt.order...)
-	s.rt.mu.Unlock()
-	st.Proxies = s.rt.data.status()
+	st := &Status{
+		Dir: s.opts.Dir, Kubeconfig: s.Kubeconfig(), Uptime: time.Since(s.started).Round(time.Second).String(),
+		IstiodVersion: s.opts.istiodVersion, ZtunnelVersion: ztunnelReleases[s.opts.ZtunnelVersion].tag + " (simulated)",
+		ProxyVersion: proxyVersion + " (simulated)", Probe: s.Probe(),
+	}
+	for _, m := range s.members {
+		ms := m.status()
+		if n := m.opts.ClusterName; n != "" {
+			st.Clusters = append(st.Clusters, n)
+			for i := range ms.Istiods {
+				ms.Istiods[i] = n + "/" + ms.Istiods[i]
+			}
+			for i := range ms.Proxies {
+				ms.Proxies[i].Pod = n + "/" + ms.Proxies[i].Pod
+			}
+		}
+		st.Istiods = append(st.Istiods, ms.Istiods...)
+		st.Proxies = append(st.Proxies, ms.Proxies...)
+	}
 	sort.Slice(st.Proxies, func(i, j int) bool { return st.Proxies[i].Pod < st.Proxies[j].Pod })
 	return st, nil
 }
 
-// pending says what the sandbox still waits for, or "" when ready.
+// status is the member's istiods and proxies.
+func (m *Member) status() *Status {
+	st := &Status{}
+	if m.rt == nil {
+		return st
+	}
+	m.rt.mu.Lock()
+	st.Istiods = append(st.Istiods, m.rt.order...)
+	m.rt.mu.Unlock()
+	st.Proxies = m.rt.data.status()
+	return st
+}
+
+// pending says what a cluster still waits for, or "" when ready.
 func (st *Status) pending() string {
 	if len(st.Istiods) == 0 {
 		return "istiod not running"
@@ -239,8 +416,10 @@ func (st *Status) pending() string {
 
 // Print writes the status as a table.
 func (st *Status) Print(w io.Writer) error {
-	_, _ = fmt.Fprintf(w, "sandbox %s (up %s)\n  kubeconfig %s\n  istiod     %v\n  probe      %d handshakes, %d failed since %s\n\n",
-		st.Dir, st.Uptime, st.Kubeconfig, st.Istiods, st.Probe.Handshakes, st.Probe.Failures, st.Probe.Since.Format(time.RFC3339))
+	p := st.Probe
+	_, _ = fmt.Fprintf(w, "sandbox %s (up %s)\n  kubeconfig %s\n  istiod     %s (real, built from istio.io/istio) %v\n  ztunnel    %s\n  envoy      %s\n  probe      %d handshakes, %d failed, %d refused, %d resets of %d long-lived connections, %d failed CSRs since %s\n\n",
+		st.Dir, st.Uptime, st.Kubeconfig, st.IstiodVersion, st.Istiods, st.ZtunnelVersion, st.ProxyVersion,
+		p.Handshakes, p.Failures, p.Refused, p.Resets, p.Connections, p.IssuanceFailures, p.Since.Format(time.RFC3339))
 	t := report.NewTable(w, "KIND", "POD", "NODE", "CERTIFICATES", "PROBLEM")
 	for _, p := range st.Proxies {
 		t.Row(p.Kind, p.Pod, p.Node, fmt.Sprintf("%d/%d", p.Available, p.Identities), p.Problem)
@@ -269,10 +448,17 @@ func (s *Sandbox) serveControl() error {
 	})
 	s.control = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = s.control.Serve(ln) }()
-	return writeState(s.opts.Dir, &State{
+	st := &State{
 		PID: os.Getpid(), Kubeconfig: s.Kubeconfig(), ControlAddr: ln.Addr().String(), Started: s.started, Ready: true,
 		Nodes: s.opts.Nodes, Workloads: s.opts.Workloads, RootCA: filepath.Join(s.CADir(), "root"),
-	})
+		IstiodVersion: s.opts.istiodVersion,
+	}
+	for _, m := range s.members {
+		if m.opts.ClusterName != "" {
+			st.Clusters = append(st.Clusters, m.opts.ClusterName)
+		}
+	}
+	return writeState(s.opts.Dir, st)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -280,12 +466,30 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func linkKubeconfig(from, to string) error {
-	data, err := os.ReadFile(from)
-	if err != nil {
-		return err
+// writeKubeconfig writes Dir/kubeconfig: the admin kubeconfig of a single
+// cluster, or one context per cluster (named after it, the first current)
+// with every cluster's own server, CA and client certificate.
+func (s *Sandbox) writeKubeconfig() error {
+	out := clientcmdapi.NewConfig()
+	for _, m := range s.members {
+		cfg, err := clientcmd.LoadFromFile(m.cluster.Kubeconfig())
+		if err != nil {
+			return err
+		}
+		if m.opts.ClusterName == "" {
+			out = cfg
+			break
+		}
+		cur := cfg.Contexts[cfg.CurrentContext]
+		name := m.opts.ClusterName
+		out.Clusters[name] = cfg.Clusters[cur.Cluster]
+		out.AuthInfos[name] = cfg.AuthInfos[cur.AuthInfo]
+		out.Contexts[name] = &clientcmdapi.Context{Cluster: name, AuthInfo: name}
+		if out.CurrentContext == "" {
+			out.CurrentContext = name
+		}
 	}
-	return os.WriteFile(to, data, 0o600)
+	return clientcmd.WriteToFile(*out, s.Kubeconfig())
 }
 
 // FetchStatus asks the sandbox running in dir for its status.
@@ -337,8 +541,11 @@ func Down(dir string, grace time.Duration) error {
 			}
 		}
 	}
-	if err := cluster.StopDir(filepath.Join(dir, "cluster"), 10*time.Second); err != nil && !errors.Is(err, os.ErrNotExist) {
-		errs = append(errs, err)
+	clusters, _ := filepath.Glob(filepath.Join(dir, "*", "cluster"))
+	for _, c := range append([]string{filepath.Join(dir, "cluster")}, clusters...) {
+		if err := cluster.StopDir(c, 10*time.Second); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
 	}
 	_ = os.Remove(filepath.Join(dir, StateFile))
 	return errors.Join(errs...)

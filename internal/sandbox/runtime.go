@@ -2,22 +2,29 @@ package sandbox
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/meshca/meshca/internal/kube"
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/sandbox/cluster"
 )
@@ -88,6 +95,11 @@ type runtime struct {
 	queue   workqueue.TypedRateLimitingInterface[string]
 	svc     *serviceProxy
 	data    *dataPlane
+	// fetcher reads a proxy pod's admin port through an ordinary
+	// port-forward, once, for its readiness.
+	fetcher *kube.Fetcher
+	// ctx is the runtime's lifetime, set by run.
+	ctx context.Context
 
 	mu      sync.Mutex
 	istiods map[string]*istiod // by pod name; the newest serves the Service
@@ -114,6 +126,14 @@ func newRuntime(opts *Options, c *cluster.Cluster) (*runtime, error) {
 		backed:  map[string]podKind{},
 	}
 	r.data = newDataPlane(r)
+	kc, err := kube.NewClientFromConfig(c.RESTConfig(), "", false)
+	if err != nil {
+		return nil, err
+	}
+	r.fetcher = kube.NewFetcher(kc)
+	// One attempt, no pod GET: exactly what a user's single port-forward
+	// would do.
+	r.fetcher.Attempts, r.fetcher.SkipPodCheck, r.fetcher.Timeout = 1, true, 5*time.Second
 	enqueue := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
 			r.queue.Add(key)
@@ -156,6 +176,7 @@ func newRuntime(opts *Options, c *cluster.Cluster) (*runtime, error) {
 }
 
 func (r *runtime) run(ctx context.Context) error {
+	r.ctx = ctx
 	r.factory.Start(ctx.Done())
 	for typ, ok := range r.factory.WaitForCacheSync(ctx.Done()) {
 		if !ok {
@@ -248,7 +269,7 @@ func (r *runtime) stop(kind podKind, ns, name string) {
 	case kindIstiod:
 		r.stopIstiod(name)
 	case kindZtunnel, kindWaypoint, kindGateway, kindSidecar:
-		r.data.stopProxy(ns, name)
+		r.data.terminate(ns, name)
 	case kindWorkload:
 		r.data.workloadsChanged("")
 	}
@@ -416,4 +437,49 @@ func (r *runtime) token(ctx context.Context, ns, sa string) (string, error) {
 		return "", fmt.Errorf("token for %s/%s: %w", ns, sa, err)
 	}
 	return tr.Status.Token, nil
+}
+
+// watchReady plays the kubelet's readiness probe for a proxy pod that
+// carries ProxyReadyGate: once the proxy holds its certificates and its
+// admin port answers one unretried port-forward through the API server and
+// kwok — what istioctl or meshca would open — it sets the gate's condition
+// and Ready on the pod. Only then do rollouts move on and `sandbox up`
+// report ready.
+func (r *runtime) watchReady(pod *corev1.Pod, p *proxyPod) {
+	if !slices.ContainsFunc(pod.Spec.ReadinessGates, func(g corev1.PodReadinessGate) bool { return g.ConditionType == ProxyReadyGate }) {
+		r.data.markReady(p)
+		return
+	}
+	ns, name, ctx := pod.Namespace, pod.Name, r.ctx
+	go func() {
+		var last error
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 5*time.Minute, true, func(ctx context.Context) (bool, error) {
+			if !p.proxy().Ready() {
+				last = errors.New("no certificate yet")
+				return false, nil
+			}
+			if _, last = r.fetcher.Get(ctx, ns, name, "/config_dump"); last != nil {
+				return false, nil
+			}
+			return true, nil
+		})
+		if err != nil {
+			if ctx.Err() == nil {
+				slog.Warn("sandbox: proxy pod never became ready", "pod", ns+"/"+name, "err", last)
+			}
+			return
+		}
+		now := metav1.Now()
+		patch, _ := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.PodCondition{
+			{Type: ProxyReadyGate, Status: corev1.ConditionTrue, LastTransitionTime: now},
+			{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
+		}}})
+		if _, err := r.client.CoreV1().Pods(ns).Patch(ctx, name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status"); err != nil {
+			if ctx.Err() == nil && !apierrors.IsNotFound(err) {
+				slog.Warn("sandbox: mark proxy pod ready", "pod", ns+"/"+name, "err", err)
+			}
+			return
+		}
+		r.data.markReady(p)
+	}()
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/sandbox/cluster"
+	"github.com/meshca/meshca/internal/sandbox/mesh"
 )
 
 // Options configures a sandbox.
@@ -46,13 +47,38 @@ type Options struct {
 	// MultiRoot sets ISTIO_MULTIROOT_MESH on istiod; XDSAgent sets
 	// PROXY_CONFIG_XDS_AGENT in the mesh config.
 	MultiRoot, XDSAgent bool
-	// ZtunnelVersion is "1.28" (istiod trust fixed at start) or "1.30"
-	// (re-read on change).
+	// ZtunnelVersion is "1.28" (1.28.1: istiod trust fixed at start),
+	// "1.28.6" or "1.30" (CA_CERT_WATCHER: re-read on change).
 	ZtunnelVersion string
+	// GracePeriod is terminationGracePeriodSeconds of the proxy pods: 30 s
+	// as in the Istio charts; shorter keeps tests short (the drain deadline
+	// follows it as ztunnel's and envoy's do).
+	GracePeriod time.Duration
 	// KeyType of the generated CA.
 	KeyType pki.KeyType
+	// RootSubject, when set, is how the sandbox's root is generated (for
+	// example O=Istio, CN=Root CA as Istio's tools/certs Makefile names
+	// every root); by default the root's CN carries its creation time.
+	RootSubject *pki.RootOptions
 	// ProbeInterval is the pause between probe rounds; 0 disables the probe.
 	ProbeInterval time.Duration
+	// LongLived is the number of long-lived mTLS connections the probe keeps
+	// open per pair kind (mesh.DefaultLongLived when zero, none when
+	// negative).
+	LongLived int
+	// Clusters is the number of clusters (default 1). With more than one,
+	// each gets its own control plane, istiod and cacerts under one shared
+	// root with an intermediate per cluster, in DIR/cluster-N, with a
+	// kubeconfig context of the same name; the probe adds cross-cluster
+	// pairs (the east-west path modelled as a direct mTLS connection
+	// between the proxies).
+	Clusters int
+	// ClusterName is set by Start on each member of a multi-cluster
+	// sandbox: its name, context and CLUSTER_ID.
+	ClusterName string
+
+	// istiodVersion is set by Start from the istiod binary.
+	istiodVersion string
 	// Logf receives progress lines.
 	Logf func(format string, args ...any)
 }
@@ -89,12 +115,20 @@ func (o *Options) defaults() error {
 	if o.CertTTL < 10*time.Second {
 		return fmt.Errorf("sandbox: --cert-ttl %s is too short (minimum 10s)", o.CertTTL)
 	}
-	switch o.ZtunnelVersion {
-	case "":
+	if o.ZtunnelVersion == "" {
 		o.ZtunnelVersion = "1.28"
-	case "1.28", "1.30":
-	default:
-		return fmt.Errorf("sandbox: --ztunnel-version %q: use 1.28 or 1.30", o.ZtunnelVersion)
+	}
+	if _, ok := ztunnelReleases[o.ZtunnelVersion]; !ok {
+		return fmt.Errorf("sandbox: --ztunnel-version %q: use 1.28 (1.28.1), 1.28.6 or 1.30", o.ZtunnelVersion)
+	}
+	if o.GracePeriod == 0 {
+		o.GracePeriod = mesh.DefaultTerminationGracePeriod
+	}
+	if o.GracePeriod < time.Second || o.GracePeriod%time.Second != 0 {
+		return fmt.Errorf("sandbox: --grace-period %s: use whole seconds, at least 1s (the charts use 30s)", o.GracePeriod)
+	}
+	if o.Clusters <= 0 {
+		o.Clusters = 1
 	}
 	if o.KeyType == "" {
 		o.KeyType = pki.ECDSAP256
@@ -103,6 +137,28 @@ func (o *Options) defaults() error {
 		o.Logf = func(string, ...any) {}
 	}
 	return nil
+}
+
+// clusterNames are the members' names: "" for a single cluster, else
+// cluster-1 … cluster-N.
+func (o *Options) clusterNames() []string {
+	if o.Clusters <= 1 {
+		return []string{""}
+	}
+	names := make([]string, o.Clusters)
+	for i := range names {
+		names[i] = fmt.Sprintf("cluster-%d", i+1)
+	}
+	return names
+}
+
+// clusterID is istiod's CLUSTER_ID and the proxies' ISTIO_META_CLUSTER_ID:
+// "Kubernetes" (Istio's default) for a single cluster, else the name.
+func (o *Options) clusterID() string {
+	if o.ClusterName == "" {
+		return ClusterID
+	}
+	return o.ClusterName
 }
 
 // Paths under Options.Dir.
@@ -126,6 +182,10 @@ type State struct {
 	Nodes       int       `json:"nodes"`
 	Workloads   int       `json:"workloads"`
 	RootCA      string    `json:"rootCA"`
+	// IstiodVersion is what the real istiod is built from.
+	IstiodVersion string `json:"istiodVersion"`
+	// Clusters names the kubeconfig contexts of a multi-cluster sandbox.
+	Clusters []string `json:"clusters,omitempty"`
 }
 
 // ReadState reads the state file of a sandbox directory.
@@ -152,30 +212,49 @@ func writeState(dir string, s *State) error {
 	return pki.WriteFiles([]pki.File{{Path: filepath.Join(dir, StateFile), Data: data}}, true)
 }
 
-// generateCA makes the sandbox's initial CA (root + intermediate for
-// cluster "sandbox") with meshca's own CA code and keeps it under Dir/ca.
-func generateCA(dir string, kt pki.KeyType) (*bundle.Bundle, error) {
+// generateCA makes the sandbox's initial CA with meshca's own CA code and
+// keeps it under Dir/ca: one root (ca/root) and an intermediate per cluster
+// name (ca/<name>; ca/sandbox for the single unnamed cluster), all under
+// that root. Existing material is reused.
+func generateCA(dir string, kt pki.KeyType, subject *pki.RootOptions, names []string) (map[string]*bundle.Bundle, error) {
 	caDir := filepath.Join(dir, CADir)
-	if b, err := bundle.Load(filepath.Join(caDir, "sandbox")); err == nil {
-		return b, nil
+	out := map[string]*bundle.Bundle{}
+	var root *pki.CA
+	for _, name := range names {
+		sub := name
+		if sub == "" {
+			sub = "sandbox"
+		}
+		if b, err := bundle.Load(filepath.Join(caDir, sub)); err == nil {
+			out[name] = b
+			continue
+		}
+		if root == nil {
+			ro := pki.RootOptions{KeyType: kt, CommonName: "Sandbox Root CA " + time.Now().UTC().Format("2006-01-02T15:04:05")}
+			if subject != nil {
+				ro = *subject
+			}
+			var err error
+			root, err = pki.NewRoot(ro)
+			if err != nil {
+				return nil, err
+			}
+			if err := bundle.WriteRoot(filepath.Join(caDir, "root"), root, true); err != nil {
+				return nil, err
+			}
+		}
+		inter, err := pki.NewIntermediate(root, pki.IntermediateOptions{Cluster: sub, KeyType: kt})
+		if err != nil {
+			return nil, err
+		}
+		b, err := bundle.FromCA(root, inter)
+		if err != nil {
+			return nil, err
+		}
+		if err := b.Write(filepath.Join(caDir, sub), true); err != nil {
+			return nil, err
+		}
+		out[name] = b
 	}
-	root, err := pki.NewRoot(pki.RootOptions{KeyType: kt, CommonName: "Sandbox Root CA " + time.Now().UTC().Format("2006-01-02T15:04:05")})
-	if err != nil {
-		return nil, err
-	}
-	if err := bundle.WriteRoot(filepath.Join(caDir, "root"), root, true); err != nil {
-		return nil, err
-	}
-	inter, err := pki.NewIntermediate(root, pki.IntermediateOptions{Cluster: "sandbox", KeyType: kt})
-	if err != nil {
-		return nil, err
-	}
-	b, err := bundle.FromCA(root, inter)
-	if err != nil {
-		return nil, err
-	}
-	if err := b.Write(filepath.Join(caDir, "sandbox"), true); err != nil {
-		return nil, err
-	}
-	return b, nil
+	return out, nil
 }

@@ -5,10 +5,12 @@ package sandbox
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/report"
 	"github.com/meshca/meshca/internal/sandbox"
+	"github.com/meshca/meshca/internal/sandbox/mesh"
 )
 
 // NewCmd returns `meshca sandbox`.
@@ -83,7 +86,10 @@ func newUpCmd(env *cli.Env) *cobra.Command {
 	f.DurationVar(&o.CertTTL, "cert-ttl", 24*time.Hour, "workload certificate lifetime (SECRET_TTL); proxies refresh at half of it")
 	f.BoolVar(&o.MultiRoot, "multiroot", true, "set ISTIO_MULTIROOT_MESH=true on istiod")
 	f.BoolVar(&o.XDSAgent, "xds-agent", true, "set PROXY_CONFIG_XDS_AGENT=true in the mesh config (PCDS for envoy proxies)")
-	f.StringVar(&o.ZtunnelVersion, "ztunnel-version", "1.28", "ztunnel behaviour: 1.28 (istiod trust fixed at start) or 1.30 (reloaded)")
+	f.StringVar(&o.ZtunnelVersion, "ztunnel-version", "1.28", "simulated ztunnel: 1.28 (1.28.1: istiod trust fixed at start), 1.28.6 or 1.30 (CA_CERT_WATCHER re-reads it)")
+	f.DurationVar(&o.GracePeriod, "grace-period", 30*time.Second, "terminationGracePeriodSeconds of the proxy pods (the Istio charts' 30s); ztunnel closes what it holds at grace-5s (grace-1s up to 10s), envoy after min(5s, grace-1s)")
+	f.IntVar(&o.Clusters, "clusters", 1, "clusters sharing one root, an intermediate each (contexts cluster-1 … cluster-N in DIR/kubeconfig)")
+	f.IntVar(&o.LongLived, "long-lived", 4, "long-lived mTLS connections the probe keeps open per pair kind (negative: none)")
 	f.StringVar(&keyType, "key-type", "ecdsa-p256", "key type of the sandbox's CA")
 	f.DurationVar(&o.ProbeInterval, "probe-interval", 50*time.Millisecond, "pause between mTLS probe rounds (0 disables the probe)")
 	f.BoolVar(&detach, "detach", false, "return once the sandbox is ready and keep it running in the background")
@@ -95,12 +101,26 @@ func newUpCmd(env *cli.Env) *cobra.Command {
 func printUsage(env *cli.Env, sb *sandbox.Sandbox) {
 	kc := sb.Kubeconfig()
 	_, _ = fmt.Fprintf(env.Streams.Out, `sandbox ready
+  istiod      %s (real pilot-discovery built from istio.io/istio; ztunnel and envoy proxies are simulated)
   kubeconfig  %s
-  try         meshca verify --kubeconfig %s
+`, sb.IstiodVersion(), kc)
+	var ctxFlags string
+	for _, m := range sb.Members() {
+		if m.Name() != "" {
+			ctxFlags += " --context " + m.Name()
+		}
+	}
+	if ctxFlags != "" {
+		_, _ = fmt.Fprintf(env.Streams.Out, "  contexts   %s\n", strings.TrimSpace(strings.ReplaceAll(ctxFlags, " --context ", " ")))
+	}
+	_, _ = fmt.Fprintf(env.Streams.Out, `  try         meshca verify --kubeconfig %s
               meshca ztunnel certs --kubeconfig %s -n istio-system --node sandbox-0
               bin/kubectl --kubeconfig %s get pods -A
               meshca sandbox probe --dir %s
-`, kc, kc, kc, kc, sb.Dir())
+`, kc, kc, kc, sb.Dir())
+	if ctxFlags != "" {
+		_, _ = fmt.Fprintf(env.Streams.Out, "              meshca rotate --kubeconfig %s%s --root DIR --plan\n", kc, ctxFlags)
+	}
 }
 
 // startDetached re-runs `sandbox up` in its own session with output to
@@ -205,11 +225,19 @@ func newProbeCmd(env *cli.Env) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "probe --dir DIR",
-		Short: "Show the mTLS probe's handshake and failure counts",
-		Long: `Show how many mTLS handshakes the sandbox's proxies made since the probe
-started (or was last reset) and how many failed, by pair, with the last reason.
+		Short: "Show what the mTLS probe counted: failed handshakes, refusals, resets, failed CSRs",
+		Long: `Show every disruption the sandbox's probe counted since it started (or was
+last reset): short mTLS handshakes and how many failed, connections refused
+because a target had no live proxy (a restart gap), long-lived connections
+that ended without the probe closing them (resets, with the reason: drain
+deadline, pod deleted, TLS error), and failed certificate requests of the
+proxies — by pair, by pair kind and as a time-ordered event list.
 
-JSON: {"handshakes": N, "failures": M, "failuresByPair": {...}, "since": "<RFC 3339>"}`,
+JSON: {"handshakes", "failures", "refused", "resets", "connections",
+"issuanceFailures", "skipped", "failuresByPair", "refusedByPair",
+"resetsByPair", "issuanceFailuresByProxy", "byPairKind", "restarts",
+"events": [{"time", "type", "pair", "pairKind", "proxy", "reason"}],
+"eventsDropped", "since"}`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if dir == "" {
@@ -226,27 +254,52 @@ JSON: {"handshakes": N, "failures": M, "failuresByPair": {...}, "since": "<RFC 3
 			if format.Structured() {
 				return report.Encode(env.Streams.Out, format, snap)
 			}
-			_, _ = fmt.Fprintf(env.Streams.Out, "since %s: %d handshakes, %d failed\n", snap.Since.Format(time.RFC3339), snap.Handshakes, snap.Failures)
-			if len(snap.FailuresByPair) > 0 {
-				t := report.NewTable(env.Streams.Out, "PAIR", "FAILURES", "LAST REASON")
-				pairs := make([]string, 0, len(snap.FailuresByPair))
-				for p := range snap.FailuresByPair {
-					pairs = append(pairs, p)
-				}
-				sort.Strings(pairs)
-				for _, p := range pairs {
-					f := snap.FailuresByPair[p]
-					t.Row(p, fmt.Sprint(f.Count), f.LastReason)
-				}
-				return t.Flush()
-			}
-			return nil
+			return printProbe(env, snap)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "the sandbox directory")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, json or yaml")
 	cmd.Flags().BoolVar(&reset, "reset", false, "reset the counters after reading them")
 	return cmd
+}
+
+// printProbe writes the probe's counters: a summary line, the pair kinds,
+// then every pair and proxy with a disruption and its last reason.
+func printProbe(env *cli.Env, snap *mesh.Snapshot) error {
+	w := env.Streams.Out
+	_, _ = fmt.Fprintf(w, "since %s: %d handshakes, %d failed, %d refused; %d long-lived connections, %d reset; %d failed CSRs\n\n",
+		snap.Since.Format(time.RFC3339), snap.Handshakes, snap.Failures, snap.Refused, snap.Connections, snap.Resets, snap.IssuanceFailures)
+	t := report.NewTable(w, "PAIR KIND", "HANDSHAKES", "FAILED", "REFUSED", "LONG-LIVED", "RESETS")
+	for _, k := range slices.Sorted(maps.Keys(snap.ByPairKind)) {
+		c := snap.ByPairKind[k]
+		t.Row(k, fmt.Sprint(c.Handshakes), fmt.Sprint(c.Failures), fmt.Sprint(c.Refused), fmt.Sprint(c.Connections), fmt.Sprint(c.Resets))
+	}
+	if err := t.Flush(); err != nil {
+		return err
+	}
+	type row struct{ what, key, count, reason string }
+	var rows []row
+	add := func(what string, m map[string]mesh.PairFailures) {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			rows = append(rows, row{what, k, fmt.Sprint(m[k].Count), m[k].LastReason})
+		}
+	}
+	add("failed", snap.FailuresByPair)
+	add("refused", snap.RefusedByPair)
+	for _, k := range slices.Sorted(maps.Keys(snap.ResetsByPair)) {
+		r := snap.ResetsByPair[k]
+		rows = append(rows, row{"reset", k, fmt.Sprint(r.Count), r.LastReason})
+	}
+	add("failed CSR", snap.IssuanceFailuresByProxy)
+	if len(rows) == 0 {
+		return nil
+	}
+	_, _ = fmt.Fprintln(w)
+	t = report.NewTable(w, "WHAT", "PAIR OR PROXY", "COUNT", "LAST REASON")
+	for _, r := range rows {
+		t.Row(r.what, r.key, r.count, r.reason)
+	}
+	return t.Flush()
 }
 
 func lastLines(s string, n int) string {

@@ -456,14 +456,31 @@ func logRSS(t *testing.T, pids map[string]int) {
 // process group is gone, and this test process has no child left.
 func assertGone(t *testing.T, pids map[string]int) {
 	t.Helper()
+	// A stopped child is reaped by the goroutine that waits on it; on a
+	// loaded machine that can take a moment, during which it shows as a
+	// zombie. Give the reaper up to 10 s, then report what is left.
+	var left []string
+	_ = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		left = survivors(pids)
+		return len(left) == 0, nil
+	})
+	for _, s := range left {
+		t.Error(s)
+	}
+}
+
+// survivors lists the processes of pids, of their process groups, and the
+// test's own children that still exist.
+func survivors(pids map[string]int) []string {
+	var out []string
 	for name, pid := range pids {
 		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
-			t.Errorf("%s (pid %d) still exists after stop (kill -0: %v)", name, pid, err)
+			out = append(out, fmt.Sprintf("%s (pid %d) still exists after stop (kill -0: %v)", name, pid, err))
 		}
 	}
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
-		return // not Linux: kill -0 above is all we can check
+		return out // not Linux: kill -0 above is all we can check
 	}
 	groups := map[int]string{}
 	for name, pid := range pids {
@@ -486,12 +503,13 @@ func assertGone(t *testing.T, pids map[string]int) {
 		ppid, _ := strconv.Atoi(fields[1])
 		pgrp, _ := strconv.Atoi(fields[2])
 		if name, ok := groups[pgrp]; ok {
-			t.Errorf("process %d (state %s) of %s's process group survived stop", pid, fields[0], name)
+			out = append(out, fmt.Sprintf("process %d (state %s) of %s's process group survived stop", pid, fields[0], name))
 		}
 		if ppid == os.Getpid() {
-			t.Errorf("child process %d (state %s) of the test survived stop", pid, fields[0])
+			out = append(out, fmt.Sprintf("child process %d (state %s) of the test survived stop", pid, fields[0]))
 		}
 	}
+	return out
 }
 
 // logTailsOnFailure logs the end of every component log if the test failed.
