@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -447,10 +448,10 @@ func httpGet(ctx context.Context, client *http.Client, url string) (string, erro
 	return string(body), nil
 }
 
-// FreePorts reserves n distinct loopback ports by listening on :0 and
-// closing the listeners, for the cluster's components and the sandbox's
-// istiod. Another process may take one in between; the component then fails
-// to bind and reports it.
+// FreePorts finds n distinct free loopback ports, for the cluster's
+// components and the sandbox's istiod, by listening on them and closing the
+// listeners. Another process may still take one in between; the component
+// then fails to bind and reports it.
 func FreePorts(n int) ([]int, error) {
 	var listeners []net.Listener
 	defer func() {
@@ -458,8 +459,28 @@ func FreePorts(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
+	// Ports are chosen below the kernel's ephemeral range, so that no port
+	// the kernel hands out meanwhile (a listener on port 0 of a simulated
+	// proxy, an outgoing connection) can take one before the component
+	// that gets it binds it: with several sandboxes starting at once that
+	// race made components exit with "address already in use".
+	lo, hi := belowEphemeral()
+	seen := map[int]bool{}
 	var out []int
-	for range n {
+	for tries := 0; len(out) < n && tries < 200*n; tries++ {
+		p := lo + rand.IntN(hi-lo+1)
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		listeners = append(listeners, l)
+		out = append(out, p)
+	}
+	for len(out) < n {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, fmt.Errorf("find a free loopback port: %w", err)
@@ -468,6 +489,21 @@ func FreePorts(n int) ([]int, error) {
 		out = append(out, l.Addr().(*net.TCPAddr).Port)
 	}
 	return out, nil
+}
+
+// belowEphemeral is the range FreePorts picks from: the 12,000 ports below
+// the kernel's ephemeral range (net.ipv4.ip_local_port_range; 32768 when
+// it cannot be read), never below 1024.
+func belowEphemeral() (lo, hi int) {
+	low := 32768
+	if data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(data)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil && v > 2048 {
+				low = v
+			}
+		}
+	}
+	return max(1024, low-12000), low - 1
 }
 
 func (c *Cluster) pkiFile(name string) string { return filepath.Join(c.pki.dir, name) }
