@@ -26,15 +26,29 @@ trap cleanup EXIT
 start_sandbox() {
 	"$meshca" sandbox down --dir "$dir" >/dev/null 2>&1 || true
 	rm -rf "$dir"
-	run "$meshca" sandbox up --dir "$dir" --nodes "$nodes" --workloads $((nodes * 2)) --detach
+	# A 10 s grace period instead of the charts' 30 s keeps the demo short:
+	# a restarted ztunnel closes what it still holds after 9 s, not 25 s.
+	run "$meshca" sandbox up --dir "$dir" --nodes "$nodes" --workloads $((nodes * 2)) --grace-period 10s --detach
 }
 kc="$dir/kubeconfig"
+
+# Resets happen when restarted proxies reach their drain deadline: wait for
+# every drain to end so that the probe's count is complete.
+wait_drains() {
+	printf 'waiting for restarted proxies to finish draining'
+	until "$meshca" sandbox status --dir "$dir" -o json | grep -q '"draining": 0'; do
+		printf '.'
+		sleep 1
+	done
+	printf '\n'
+}
 
 step "The problem: the field note's one-step rotation, under mTLS probe traffic"
 start_sandbox
 run "$meshca" ca root --out "$dir/new-root" --key-type ecdsa-p256
 run "$meshca" rotate --kubeconfig "$kc" --root "$dir/new-root" --key-type ecdsa-p256 --yes \
 	--strategy one-step --i-accept-downtime --sandbox "$dir"
+wait_drains
 run "$meshca" sandbox probe --dir "$dir"
 
 step "A fresh sandbox: $nodes kwok nodes, real istiod, ztunnel per node, waypoints, a gateway"
@@ -56,4 +70,5 @@ run "$meshca" rotate --kubeconfig "$kc" --root "$dir/new-root" --key-type ecdsa-
 step "Result"
 run "$meshca" status --kubeconfig "$kc"
 run "$meshca" verify --kubeconfig "$kc"
+wait_drains
 run "$meshca" sandbox probe --dir "$dir"

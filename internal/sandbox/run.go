@@ -344,13 +344,16 @@ type Status struct {
 	Uptime     string `json:"uptime"`
 	// IstiodVersion is what the real istiod is built from; ZtunnelVersion
 	// and ProxyVersion are the releases the simulated proxies follow.
-	IstiodVersion  string        `json:"istiodVersion"`
-	ZtunnelVersion string        `json:"ztunnelVersion"`
-	ProxyVersion   string        `json:"proxyVersion"`
-	Clusters       []string      `json:"clusters,omitempty"`
-	Istiods        []string      `json:"istiods"`
-	Proxies        []proxyStatus `json:"proxies"`
-	Probe          mesh.Snapshot `json:"probe"`
+	IstiodVersion  string   `json:"istiodVersion"`
+	ZtunnelVersion string   `json:"ztunnelVersion"`
+	ProxyVersion   string   `json:"proxyVersion"`
+	Clusters       []string `json:"clusters,omitempty"`
+	// Draining counts terminating proxies that still hold connections
+	// until their drain deadline.
+	Draining int           `json:"draining"`
+	Istiods  []string      `json:"istiods"`
+	Proxies  []proxyStatus `json:"proxies"`
+	Probe    mesh.Snapshot `json:"probe"`
 }
 
 // Status reports the sandbox's components and proxies (in a multi-cluster
@@ -359,7 +362,7 @@ func (s *Sandbox) Status(context.Context) (*Status, error) {
 	st := &Status{
 		Dir: s.opts.Dir, Kubeconfig: s.Kubeconfig(), Uptime: time.Since(s.started).Round(time.Second).String(),
 		IstiodVersion: s.opts.istiodVersion, ZtunnelVersion: ztunnelReleases[s.opts.ZtunnelVersion].tag + " (simulated)",
-		ProxyVersion: proxyVersion + " (simulated)", Probe: s.Probe(),
+		ProxyVersion: proxyVersion + " (simulated)", Probe: s.Probe(), Draining: s.Draining(),
 	}
 	for _, m := range s.members {
 		ms := m.status()
