@@ -268,8 +268,9 @@ func TestCheckExpiredLeaf(t *testing.T) {
 	dump := vt.ZtunnelDump(vt.ZtunnelIdentity{Name: idA, Chain: certs(leaf, p.OldInt.Cert), Roots: certs(p.OldRoot.Cert)})
 	got := Check(&ztunnelPod, dump, exp, pkitest.Now.Add(48*time.Hour))
 	want := []string{"leaf of identity " + idA + " expired at " + leaf.NotAfter.UTC().Format(time.RFC3339)}
-	if got.Status != StatusStale || !cmp.Equal(got.Problems, want) {
-		t.Errorf("Check() = %s %q, want stale %q", got.Status, got.Problems, want)
+	// An expired leaf is one its proxy did not renew in time.
+	if got.Status != StatusNotRefreshing || !cmp.Equal(got.Problems, want) {
+		t.Errorf("Check() = %s %q, want not-refreshing %q", got.Status, got.Problems, want)
 	}
 }
 
