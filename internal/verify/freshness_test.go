@@ -24,18 +24,18 @@ func TestFreshnessOf(t *testing.T) {
 		warn time.Duration
 		want Freshness
 	}{
-		"a leaf at half its lifetime is fresh":                      {cert: leaf, leaf: true, at: start.Add(12 * time.Hour), want: FreshnessOK},
-		"a leaf just inside the refresh margin is fresh":            {cert: leaf, leaf: true, at: start.Add(14*time.Hour + 23*time.Minute), want: FreshnessOK},
-		"a leaf past 60% of its lifetime is not refreshing":         {cert: leaf, leaf: true, at: start.Add(14*time.Hour + 25*time.Minute), want: FreshnessNotRefreshing},
-		"a leaf past NotAfter is expired":                           {cert: leaf, leaf: true, at: start.Add(25 * time.Hour), want: FreshnessExpired},
-		"a leaf before NotBefore is not yet valid":                  {cert: leaf, leaf: true, at: start.Add(-time.Minute), want: FreshnessNotYetValid},
-		"a leaf is never expiring, whatever the warning window":     {cert: leaf, leaf: true, at: start.Add(time.Hour), warn: 30 * day, want: FreshnessOK},
-		"a CA past half its lifetime is not 'not refreshing'":       {cert: ca, at: start.Add(80 * day), want: FreshnessOK},
-		"a CA within the warning window is expiring":                {cert: ca, at: start.Add(80 * day), warn: 30 * day, want: FreshnessExpiring},
-		"a CA exactly at the edge of the window is expiring":        {cert: ca, at: start.Add(70 * day), warn: 30 * day, want: FreshnessExpiring},
-		"a CA outside the warning window is fresh":                  {cert: ca, at: start.Add(69 * day), warn: 30 * day, want: FreshnessOK},
-		"a CA past NotAfter is expired, not expiring":               {cert: ca, at: start.Add(101 * day), warn: 30 * day, want: FreshnessExpired},
-		"a CA before NotBefore is not yet valid":                    {cert: ca, at: start.Add(-time.Second), warn: 30 * day, want: FreshnessNotYetValid},
+		"a leaf at half its lifetime is fresh":                       {cert: leaf, leaf: true, at: start.Add(12 * time.Hour), want: FreshnessOK},
+		"a leaf just inside the refresh margin is fresh":             {cert: leaf, leaf: true, at: start.Add(14*time.Hour + 23*time.Minute), want: FreshnessOK},
+		"a leaf past 60% of its lifetime is not refreshing":          {cert: leaf, leaf: true, at: start.Add(14*time.Hour + 25*time.Minute), want: FreshnessNotRefreshing},
+		"a leaf past NotAfter is expired":                            {cert: leaf, leaf: true, at: start.Add(25 * time.Hour), want: FreshnessExpired},
+		"a leaf before NotBefore is not yet valid":                   {cert: leaf, leaf: true, at: start.Add(-time.Minute), want: FreshnessNotYetValid},
+		"a leaf is never expiring, whatever the warning window":      {cert: leaf, leaf: true, at: start.Add(time.Hour), warn: 30 * day, want: FreshnessOK},
+		"a CA past half its lifetime is not 'not refreshing'":        {cert: ca, at: start.Add(80 * day), want: FreshnessOK},
+		"a CA within the warning window is expiring":                 {cert: ca, at: start.Add(80 * day), warn: 30 * day, want: FreshnessExpiring},
+		"a CA exactly at the edge of the window is expiring":         {cert: ca, at: start.Add(70 * day), warn: 30 * day, want: FreshnessExpiring},
+		"a CA outside the warning window is fresh":                   {cert: ca, at: start.Add(69 * day), warn: 30 * day, want: FreshnessOK},
+		"a CA past NotAfter is expired, not expiring":                {cert: ca, at: start.Add(101 * day), warn: 30 * day, want: FreshnessExpired},
+		"a CA before NotBefore is not yet valid":                     {cert: ca, at: start.Add(-time.Second), warn: 30 * day, want: FreshnessNotYetValid},
 		"without a warning window a CA one day from expiry is fresh": {cert: ca, at: start.Add(99 * day), want: FreshnessOK},
 	}
 	for name, tc := range tests {
