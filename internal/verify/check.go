@@ -52,8 +52,8 @@ func Check(p *mesh.Proxy, dump []byte, exp Expectation, now time.Time) Result {
 		}
 	}
 	meta := newResult(p)
-	meta.Status, meta.Identities, meta.Roots, meta.DuplicateRoots, meta.Signers, meta.Problems, meta.Notes =
-		r.Status, r.Identities, r.Roots, r.DuplicateRoots, r.Signers, r.Problems, r.Notes
+	meta.Status, meta.Identities, meta.Roots, meta.DuplicateRoots, meta.Signers, meta.Leafs, meta.Problems, meta.Notes =
+		r.Status, r.Identities, r.Roots, r.DuplicateRoots, r.Signers, r.Leafs, r.Problems, r.Notes
 	return meta
 }
 
@@ -185,6 +185,7 @@ type checker struct {
 	duplicates  []string
 	signers     []string
 	trustChecks int
+	leafs       []Leaf
 	// caChecked holds the roots and intermediates whose validity was
 	// checked, so that one shared by every identity is reported once.
 	caChecked map[string]bool
@@ -257,7 +258,9 @@ func (c *checker) identity(id *proxy.Identity) {
 // intermediates of its chain (its roots are checked with its trust).
 func (c *checker) freshness(id *proxy.Identity) {
 	leaf := id.Leaf().X509
-	switch FreshnessOf(leaf, true, c.now, 0) {
+	fresh := FreshnessOf(leaf, true, c.now, 0)
+	c.leafs = append(c.leafs, Leaf{Identity: id.Name, NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(), Freshness: fresh})
+	switch fresh {
 	case FreshnessExpired:
 		// An expired leaf is one the proxy did not renew in time.
 		c.addAs(StatusNotRefreshing, aboutLeaf, id.Name, "expired at "+leaf.NotAfter.UTC().Format(time.RFC3339))
@@ -337,6 +340,7 @@ func (c *checker) result(identities int) Result {
 		Roots:          sortedSet(c.roots),
 		DuplicateRoots: sortedSet(c.duplicates),
 		Signers:        sortedSet(c.signers),
+		Leafs:          c.leafs,
 	}
 	for _, f := range c.findings {
 		r.Problems = append(r.Problems, f.render(c.trustChecks))

@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/meshca/meshca/internal/pki/pkitest"
+	"github.com/meshca/meshca/internal/proxy"
 	vt "github.com/meshca/meshca/internal/verify/verifytest"
 )
 
@@ -142,12 +143,45 @@ func TestCheckFreshness(t *testing.T) {
 			if got.Status != tc.status {
 				t.Errorf("status = %s, want %s (problems %q)", got.Status, tc.status, got.Problems)
 			}
+			if len(got.Leafs) == 0 {
+				t.Errorf("no leafs reported, want one per identity holding a certificate")
+			}
 			if diff := cmp.Diff(tc.problems, got.Problems); diff != "" {
 				t.Errorf("problems (-want +got):\n%s", diff)
+			}
+			for _, l := range got.Leafs {
+				if want := FreshnessOf(certByIdentity(t, tc.dump, tc.envoy, l.Identity), true, tc.at, 0); l.Freshness != want || l.NotAfter.IsZero() {
+					t.Errorf("leaf %s: freshness %s, want %s (notAfter %s)", l.Identity, l.Freshness, want, l.NotAfter)
+				}
 			}
 			if got.Status.Failing() != (tc.status != StatusMatch) {
 				t.Errorf("Failing() = %v for %s", got.Status.Failing(), got.Status)
 			}
 		})
 	}
+}
+
+// certByIdentity finds the leaf of identity in a dump, through the proxy
+// package's readers.
+func certByIdentity(t *testing.T, dump []byte, envoy bool, identity string) *x509.Certificate {
+	t.Helper()
+	if envoy {
+		e, err := proxy.ReadEnvoy(dump)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := e.Workload()
+		return id.Leaf().X509
+	}
+	z, err := proxy.ReadZtunnel(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range z.Identities {
+		if z.Identities[i].Name == identity {
+			return z.Identities[i].Leaf().X509
+		}
+	}
+	t.Fatalf("no identity %s in the dump", identity)
+	return nil
 }

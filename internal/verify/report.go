@@ -40,7 +40,9 @@ const (
 //	                 unreadable|not-ready),
 //	                 reason (why unreadable: PortForward, Timeout, HTTPStatus,
 //	                 PodNotRunning, Unparsable, ...), identities, roots[],
-//	                 duplicateRoots[], signers[], problems[], notes[]}
+//	                 duplicateRoots[], signers[], leafs[] {identity, notBefore,
+//	                 notAfter, freshness (ok|expired|not-yet-valid|
+//	                 not-refreshing)}, problems[], notes[]}
 //	                 sorted by kind, namespace, name
 //	walk             {parallel, timeoutSeconds, discoverySeconds, readSeconds}
 //	warnings[]       discovery findings that did not stop the walk

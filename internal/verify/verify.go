@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/meshca/meshca/internal/mesh"
 	"github.com/meshca/meshca/internal/proxy"
@@ -172,10 +173,26 @@ type Result struct {
 	// Signers are the distinct fingerprints of the certificates that signed
 	// its leafs.
 	Signers []string `json:"signers"`
+	// Leafs are the workload certificates it holds, one per identity that
+	// has one, in dump order: what the exporter publishes as
+	// meshca_proxy_cert_not_after_seconds.
+	Leafs []Leaf `json:"leafs,omitempty"`
 	// Problems say why it is not a match, one sentence each.
 	Problems []string `json:"problems,omitempty"`
 	// Notes are what is worth knowing but does not fail it.
 	Notes []string `json:"notes,omitempty"`
+}
+
+// Leaf is the validity of one workload certificate a proxy holds.
+type Leaf struct {
+	// Identity is the SPIFFE identity it was issued for.
+	Identity string `json:"identity"`
+	// NotBefore and NotAfter bound its validity.
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
+	// Freshness is where it stands at the time of the check (ok, expired,
+	// not-yet-valid, not-refreshing).
+	Freshness Freshness `json:"freshness"`
 }
 
 // String names the proxy as kind namespace/name.

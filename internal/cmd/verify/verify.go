@@ -96,8 +96,8 @@ json|yaml or -q).
   (nonMatching, or all with --all), proxies[] {kind, namespace, name, node,
   owner, status (match|stale|not-refreshing|expiring|nothing-to-verify|
   unreadable|not-ready), reason, identities, roots[], duplicateRoots[], signers[],
-  problems[], notes[]}, walk {parallel, timeoutSeconds, discoverySeconds,
-  readSeconds}, warnings[]. Fields are only ever added within an apiVersion.
+  leafs[] {identity, notBefore, notAfter, freshness}, problems[], notes[]},
+  walk {parallel, timeoutSeconds, discoverySeconds, readSeconds}, warnings[]. Fields are only ever added within an apiVersion.
 
 Exit status: 0 when every proxy matches (or has nothing to verify) and every
 istio-ca-root-cert ConfigMap matches; 1 when any proxy is stale, not
