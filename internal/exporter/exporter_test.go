@@ -9,6 +9,9 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -345,5 +348,42 @@ func TestReadRotationBadRecord(t *testing.T) {
 	_, err := readRotation(context.Background(), cs, "istio-system")
 	if err == nil || !strings.Contains(err.Error(), "configmap istio-system/meshca-rotation: state.json is not a rotation record") {
 		t.Errorf("readRotation() error = %v, want one naming the ConfigMap and key", err)
+	}
+}
+
+// TestDeployNamesExist keeps the alert rules and the Grafana dashboard
+// honest: every meshca_ metric they query is one the exporter serves.
+func TestDeployNamesExist(t *testing.T) {
+	w := newWorld(t)
+	e := New([]Cluster{{Name: "east", Source: w.source()}}, Options{Clock: clocktesting.NewFakePassiveClock(pkitest.Now)})
+	served := scrape(t, serve(t, e))
+	name := regexp.MustCompile(`\bmeshca_[a-z_]+`)
+	for _, file := range []string{"meshca-rules.yaml", "grafana-dashboard.json"} {
+		data, err := os.ReadFile(filepath.Join(promDir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if file == "grafana-dashboard.json" {
+			var d struct {
+				Panels []struct {
+					Targets []struct{ Expr string } `json:"targets"`
+				} `json:"panels"`
+			}
+			if err := json.Unmarshal(data, &d); err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			if len(d.Panels) == 0 {
+				t.Fatalf("%s has no panels", file)
+			}
+		}
+		names := name.FindAllString(string(data), -1)
+		if len(names) == 0 {
+			t.Fatalf("%s queries no meshca metric", file)
+		}
+		for _, n := range names {
+			if served[n] == nil {
+				t.Errorf("%s queries %s, which the exporter does not serve (%s)", file, n, served)
+			}
+		}
 	}
 }
