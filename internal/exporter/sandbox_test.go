@@ -146,6 +146,18 @@ func TestExporterSandbox(t *testing.T) {
 		}
 	}
 
+	// The fleet walk's verdict after the trust write (facts §2, §3): the
+	// envoys took the new root by PCDS and match; the 1.28 ztunnels, not
+	// restarted, lack it until they refresh: stale.
+	var states map[string]float64
+	if err := wait.PollUntilContextTimeout(ctx, time.Second, 2*time.Minute, true, func(context.Context) (bool, error) {
+		states = scrape(t, srv.URL).series("meshca_proxies", nil, "kind", "state")
+		return states["ztunnel|stale"] == 3 && states["waypoint|match"] == 2 && states["gateway|match"] == 1, nil
+	}); err != nil {
+		t.Errorf("meshca_proxies after the trust write = %v, want 3 stale ztunnels, 2 waypoints and 1 gateway matching", nonZero(states))
+	}
+	t.Logf("before: roots %v; after: roots %v; proxies %v", before.roots, after.roots, nonZero(states))
+
 	// Least privilege that works: nothing was forbidden, nothing failed.
 	if l := logs.String(); strings.Contains(strings.ToLower(l), "forbidden") || strings.Contains(l, "level=ERROR") {
 		t.Errorf("exporter log has errors:\n%s", l)
@@ -316,4 +328,15 @@ func leafNotAfter(ctx context.Context, f *kube.Fetcher, kind mesh.Kind, ns, name
 		return 0, fmt.Errorf("%s %s/%s holds no certificate for %s", kind, ns, name, identity)
 	}
 	return float64(leaf.NotAfter.Unix()), nil
+}
+
+// nonZero drops the zero series.
+func nonZero(m map[string]float64) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range m {
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	return out
 }
