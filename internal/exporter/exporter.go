@@ -34,8 +34,7 @@ import (
 
 // Defaults of Options, and of `meshca exporter`.
 const (
-	// DefaultListen is the exporter's address (9599: free in Prometheus'
-	// default port allocations wiki at the time of writing).
+	// DefaultListen is the exporter's address.
 	DefaultListen = ":9599"
 	// DefaultInterval refreshes the CA side: one Secret, one list of
 	// ConfigMaps, the webhooks and the rotation record — cheap.
@@ -169,9 +168,9 @@ func (e *Exporter) Registry() *prometheus.Registry { return e.registry }
 func (e *Exporter) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, c := range e.clusters {
-		wg.Go(func() { wait.UntilWithContext(ctx, func(ctx context.Context) { e.RefreshCA(ctx, c) }, e.opts.Interval) })
+		wg.Go(func() { wait.UntilWithContext(ctx, func(ctx context.Context) { e.refreshCA(ctx, c) }, e.opts.Interval) })
 		wg.Go(func() {
-			wait.UntilWithContext(ctx, func(ctx context.Context) { e.RefreshFleet(ctx, c) }, e.opts.FleetInterval)
+			wait.UntilWithContext(ctx, func(ctx context.Context) { e.refreshFleet(ctx, c) }, e.opts.FleetInterval)
 		})
 	}
 	wg.Wait()
@@ -224,9 +223,9 @@ func (e *Exporter) stage(c *clusterState, stage string, fn func() error) {
 	e.lastScrape.WithLabelValues(c.Name, stage).Set(float64(end.UnixNano()) / 1e9)
 }
 
-// RefreshFleet walks the fleet of c once (verify.Run against the CA in
-// cacerts) and keeps the report.
-func (e *Exporter) RefreshFleet(ctx context.Context, c *clusterState) {
+// refreshFleet walks the fleet of c once (verify.Run against the CA in
+// cacerts) and keeps the report; a failed walk keeps the previous one.
+func (e *Exporter) refreshFleet(ctx context.Context, c *clusterState) {
 	e.stage(c, StageFleet, func() error {
 		rep, err := verify.Run(ctx, c.Source, func(ctx context.Context, ns string) (verify.Expectation, error) {
 			return e.expectation(ctx, c.Source.Clientset, ns)

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -115,8 +116,8 @@ func (w *world) source() verify.Source {
 func serve(t *testing.T, e *Exporter) string {
 	t.Helper()
 	for _, c := range e.clusters {
-		e.RefreshCA(context.Background(), c)
-		e.RefreshFleet(context.Background(), c)
+		e.refreshCA(context.Background(), c)
+		e.refreshFleet(context.Background(), c)
 	}
 	srv := httptest.NewServer(e.Handler())
 	t.Cleanup(srv.Close)
@@ -275,8 +276,8 @@ func TestExporterErrorsAndReadiness(t *testing.T) {
 	if code := get(t, srv.URL+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz = %d, want 200", code)
 	}
-	e.RefreshCA(context.Background(), e.clusters[0])
-	e.RefreshFleet(context.Background(), e.clusters[0])
+	e.refreshCA(context.Background(), e.clusters[0])
+	e.refreshFleet(context.Background(), e.clusters[0])
 	if code := get(t, srv.URL+"/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz after the first read = %d, want 200", code)
 	}
@@ -385,5 +386,26 @@ func TestDeployNamesExist(t *testing.T) {
 				t.Errorf("%s queries %s, which the exporter does not serve (%s)", file, n, served)
 			}
 		}
+	}
+}
+
+// TestExporterKeepsLastGoodRead: a stage that starts failing keeps the
+// series of its last success; its error counter says it is failing.
+func TestExporterKeepsLastGoodRead(t *testing.T) {
+	w := newWorld(t)
+	src := w.source()
+	e := New([]Cluster{{Name: "east", Source: src}}, Options{Clock: clocktesting.NewFakePassiveClock(pkitest.Now), Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	url := serve(t, e)
+	before := scrape(t, url).series("meshca_ca_cert_not_after_seconds", map[string]string{"source": SourceCACerts}, "fingerprint")
+	src.Clientset.(*fake.Clientset).PrependReactor("get", "secrets", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, fmt.Errorf("etcdserver: request timed out")
+	})
+	e.refreshCA(context.Background(), e.clusters[0])
+	m := scrape(t, url)
+	if after := m.series("meshca_ca_cert_not_after_seconds", map[string]string{"source": SourceCACerts}, "fingerprint"); len(before) != 3 || !cmp.Equal(before, after) {
+		t.Errorf("cacerts series after a failed read = %v, want the last good read %v", after, before)
+	}
+	if n := m.series("meshca_scrape_errors_total", map[string]string{"stage": StageCA}, "cluster")["east"]; n != 1 {
+		t.Errorf("meshca_scrape_errors_total{stage=ca} = %v, want 1", n)
 	}
 }

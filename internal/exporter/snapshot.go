@@ -70,14 +70,17 @@ func istioNamespace(ctx context.Context, cs kubernetes.Interface, namespace stri
 	return mesh.DefaultNamespace, nil
 }
 
-// RefreshCA reads the CA side of c once: cacerts, the istio-ca-root-cert
+// refreshCA reads the CA side of c once: cacerts, the istio-ca-root-cert
 // ConfigMaps, istiod's webhooks and the rotation record, each a stage that
-// fails on its own.
-func (e *Exporter) RefreshCA(ctx context.Context, c *clusterState) {
+// fails on its own. A failed stage keeps what its last success read (its
+// error counter and last-scrape timestamp say how old that is).
+func (e *Exporter) refreshCA(ctx context.Context, c *clusterState) {
 	snap := &caSnapshot{}
 	cs := c.Source.Clientset
 	ns, nsErr := istioNamespace(ctx, cs, c.Source.Namespace)
+	failed := map[string]bool{}
 	e.stage(c, StageCA, func() error {
+		failed[SourceCACerts] = true
 		if nsErr != nil {
 			return nsErr
 		}
@@ -96,19 +99,23 @@ func (e *Exporter) RefreshCA(ctx context.Context, c *clusterState) {
 			// root, already published from root-cert.pem).
 			snap.add(SourceCACerts, p.Chain...)
 		}
+		failed[SourceCACerts] = false
 		return nil
 	})
 	e.stage(c, StageConfigMap, func() error {
 		certs, err := configMapRoots(ctx, cs)
 		snap.add(SourceConfigMap, certs...)
+		failed[SourceConfigMap] = err != nil
 		return err
 	})
 	e.stage(c, StageWebhook, func() error {
 		if nsErr != nil {
+			failed[SourceWebhook] = true
 			return nsErr
 		}
 		certs, err := webhookRoots(ctx, cs, ns)
 		snap.add(SourceWebhook, certs...)
+		failed[SourceWebhook] = err != nil
 		return err
 	})
 	var rot *rotationSnapshot
@@ -122,6 +129,13 @@ func (e *Exporter) RefreshCA(ctx context.Context, c *clusterState) {
 	})
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.ca != nil {
+		for _, x := range c.ca.certs {
+			if failed[x.source] {
+				snap.add(x.source, x.cert)
+			}
+		}
+	}
 	c.ca = snap
 	if rot != nil {
 		c.rotation = rot
