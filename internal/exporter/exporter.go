@@ -160,9 +160,6 @@ func New(clusters []Cluster, opts Options) *Exporter {
 	return e
 }
 
-// Registry is the exporter's registry (tests gather from it).
-func (e *Exporter) Registry() *prometheus.Registry { return e.registry }
-
 // Run refreshes every cluster until ctx ends: the CA side every Interval,
 // the fleet every FleetInterval, each starting at once.
 func (e *Exporter) Run(ctx context.Context) {
