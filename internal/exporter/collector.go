@@ -3,6 +3,7 @@ package exporter
 import (
 	"cmp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,9 @@ var (
 	proxyOmitted = prometheus.NewDesc("meshca_proxy_cert_series_omitted",
 		"Workload certificates not published as meshca_proxy_cert_not_after_seconds because of --max-proxy-series (those expiring last are omitted).",
 		[]string{"cluster"}, nil)
+	proxyCerts = prometheus.NewDesc("meshca_proxy_certs",
+		"Workload certificates held by proxies, by freshness at the last fleet walk (ok, not_refreshing: past 60% of its lifetime, expired, not_yet_valid); counted whatever else is wrong with the proxy.",
+		[]string{"cluster", "kind", "freshness"}, nil)
 	proxies = prometheus.NewDesc("meshca_proxies",
 		"Proxies by kind and by the verdict of the last fleet walk against cacerts (match, stale, not_refreshing, expiring, unreadable, not_ready, empty: a ztunnel without certificates).",
 		[]string{"cluster", "kind", "state"}, nil)
@@ -40,17 +44,18 @@ var (
 // States are the state label values of meshca_proxies, in order.
 var States = []string{"match", "stale", "not_refreshing", "expiring", "unreadable", "not_ready", "empty"}
 
+// Freshnesses are the freshness label values of meshca_proxy_certs.
+var Freshnesses = []verify.Freshness{verify.FreshnessOK, verify.FreshnessNotRefreshing, verify.FreshnessExpired, verify.FreshnessNotYetValid}
+
+// label turns a verify value into a label value (snake case).
+func label[T ~string](v T) string { return strings.ReplaceAll(string(v), "-", "_") }
+
 // stateOf maps a verify.Status to its state label.
 func stateOf(s verify.Status) string {
-	switch s {
-	case verify.StatusNotRefreshing:
-		return "not_refreshing"
-	case verify.StatusNotReady:
-		return "not_ready"
-	case verify.StatusNothingToVerify:
+	if s == verify.StatusNothingToVerify {
 		return "empty"
 	}
-	return string(s)
+	return label(s)
 }
 
 // collector publishes the latest snapshots at scrape time.
@@ -58,7 +63,7 @@ type collector struct{ e *Exporter }
 
 // Describe sends the descriptors of the snapshot metrics.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{caNotAfter, proxyNotAfter, proxyOmitted, proxies, rootConfigMaps, rotationPhase, rotationSince} {
+	for _, d := range []*prometheus.Desc{caNotAfter, proxyNotAfter, proxyOmitted, proxyCerts, proxies, rootConfigMaps, rotationPhase, rotationSince} {
 		ch <- d
 	}
 }
@@ -96,8 +101,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 // fleet sends the metrics of a fleet walk.
 func (c *collector) fleet(ch chan<- prometheus.Metric, cluster string, rep *verify.Report) {
 	counts := map[mesh.Kind]map[string]int{}
+	fresh := map[mesh.Kind]map[string]int{}
 	for _, k := range mesh.Kinds {
-		counts[k] = map[string]int{}
+		counts[k], fresh[k] = map[string]int{}, map[string]int{}
 	}
 	type leaf struct {
 		kind                     mesh.Kind
@@ -108,16 +114,20 @@ func (c *collector) fleet(ch chan<- prometheus.Metric, cluster string, rep *veri
 	for i := range rep.Proxies {
 		r := &rep.Proxies[i]
 		if counts[r.Kind] == nil {
-			counts[r.Kind] = map[string]int{}
+			counts[r.Kind], fresh[r.Kind] = map[string]int{}, map[string]int{}
 		}
 		counts[r.Kind][stateOf(r.Status)]++
 		for _, l := range r.Leafs {
 			leafs = append(leafs, leaf{r.Kind, r.Namespace, r.Name, l.Identity, l.NotAfter})
+			fresh[r.Kind][label(l.Freshness)]++
 		}
 	}
 	for k, byState := range counts {
 		for _, s := range States {
 			ch <- prometheus.MustNewConstMetric(proxies, prometheus.GaugeValue, float64(byState[s]), cluster, string(k), s)
+		}
+		for _, f := range Freshnesses {
+			ch <- prometheus.MustNewConstMetric(proxyCerts, prometheus.GaugeValue, float64(fresh[k][label(f)]), cluster, string(k), label(f))
 		}
 	}
 	if cms := rep.RootConfigMaps; cms != nil {

@@ -170,20 +170,19 @@ func TestExporterMetrics(t *testing.T) {
 	}
 
 	gotStates := m.series("meshca_proxies", map[string]string{"cluster": "east"}, "kind", "state")
-	nonZero := map[string]float64{}
-	for k, v := range gotStates {
-		if v != 0 {
-			nonZero[k] = v
-		}
-	}
 	// The waypoint lacks the new root: stale. ztunnel-b's leaf is past its
 	// refresh point. ztunnel-c holds nothing.
 	wantStates := map[string]float64{"ztunnel|match": 1, "ztunnel|not_refreshing": 1, "ztunnel|empty": 1, "waypoint|stale": 1}
-	if diff := cmp.Diff(wantStates, nonZero); diff != "" {
+	if diff := cmp.Diff(wantStates, nonZero(gotStates)); diff != "" {
 		t.Errorf("meshca_proxies (non-zero; -want +got):\n%s", diff)
 	}
 	if n := len(gotStates); n != len(mesh.Kinds)*len(States) {
 		t.Errorf("meshca_proxies has %d series, want every kind × state (%d) so alerts never see gaps", n, len(mesh.Kinds)*len(States))
+	}
+	// Leafs by freshness: ztunnel-b's is past its refresh point.
+	wantFresh := map[string]float64{"ztunnel|ok": 2, "ztunnel|not_refreshing": 1, "waypoint|ok": 1}
+	if got := nonZero(m.series("meshca_proxy_certs", map[string]string{"cluster": "east"}, "kind", "freshness")); !cmp.Equal(wantFresh, got) {
+		t.Errorf("meshca_proxy_certs (non-zero) = %v, want %v", got, wantFresh)
 	}
 	if got := m.series("meshca_root_configmaps", nil, "state"); !cmp.Equal(got, map[string]float64{"match": 1, "stale": 1}) {
 		t.Errorf("meshca_root_configmaps = %v, want one match (istio-system) and one stale (ambient)", got)

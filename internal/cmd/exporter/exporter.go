@@ -51,6 +51,9 @@ deploy/exporter/, or from a workstation) that publishes on /metrics:
       the workload certificate of every identity every proxy holds,
       ztunnel's included; at most --max-proxy-series per cluster (the
       earliest to expire), or one per kind with --aggregate-proxies
+  meshca_proxy_certs{cluster, kind, freshness}
+      those certificates by freshness: ok, not_refreshing (past 60% of
+      their lifetime), expired, not_yet_valid
   meshca_proxies{cluster, kind, state}
       the verdict of the fleet walk (as meshca verify) every --fleet-interval:
       match, stale, not_refreshing, expiring, unreadable, not_ready, empty
