@@ -11,3 +11,5 @@ if ((${#missing[@]})); then
 	fi
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+# promtool tests the alert rules of deploy/prometheus (see hack/promtool.sh).
+"$(dirname "$0")/promtool.sh"

@@ -18,6 +18,7 @@ import (
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/cmd/ca"
 	checkcmd "github.com/meshca/meshca/internal/cmd/check"
+	exportercmd "github.com/meshca/meshca/internal/cmd/exporter"
 	"github.com/meshca/meshca/internal/cmd/proxy"
 	rotatecmd "github.com/meshca/meshca/internal/cmd/rotate"
 	sandboxcmd "github.com/meshca/meshca/internal/cmd/sandbox"
@@ -97,7 +98,7 @@ phases (trust, issue, retire), and works offline on CA material too.
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug detail to stderr")
 	env.Kube.AddFlags(root.PersistentFlags())
 
-	root.AddCommand(newVersionCmd(env), ca.NewCmd(env), checkcmd.NewCmd(env), ztunnel.NewCmd(env), proxy.NewCmd(env), verify.NewCmd(env), sandboxcmd.NewCmd(env), rotatecmd.NewCmd(env), rotatecmd.NewStatusCmd(env), rotatecmd.NewRollbackCmd(env))
+	root.AddCommand(newVersionCmd(env), ca.NewCmd(env), checkcmd.NewCmd(env), ztunnel.NewCmd(env), proxy.NewCmd(env), verify.NewCmd(env), sandboxcmd.NewCmd(env), rotatecmd.NewCmd(env), rotatecmd.NewStatusCmd(env), rotatecmd.NewRollbackCmd(env), exportercmd.NewCmd(env))
 	return root
 }
 

@@ -52,8 +52,8 @@ func Check(p *mesh.Proxy, dump []byte, exp Expectation, now time.Time) Result {
 		}
 	}
 	meta := newResult(p)
-	meta.Status, meta.Identities, meta.Roots, meta.DuplicateRoots, meta.Signers, meta.Problems, meta.Notes =
-		r.Status, r.Identities, r.Roots, r.DuplicateRoots, r.Signers, r.Problems, r.Notes
+	meta.Status, meta.Identities, meta.Roots, meta.DuplicateRoots, meta.Signers, meta.Leafs, meta.Problems, meta.Notes =
+		r.Status, r.Identities, r.Roots, r.DuplicateRoots, r.Signers, r.Leafs, r.Problems, r.Notes
 	return meta
 }
 
@@ -152,9 +152,26 @@ const (
 
 type finding struct {
 	about subject
+	// status is what the finding makes the proxy: stale, not refreshing
+	// or expiring (the worst finding decides).
+	status Status
 	// message is about one identity; plural, when set, about several.
 	message, plural string
 	identities      []string
+}
+
+// severity orders the statuses a finding can give: the worst one is the
+// proxy's status.
+func severity(s Status) int {
+	switch s {
+	case StatusStale:
+		return 3
+	case StatusNotRefreshing:
+		return 2
+	case StatusExpiring:
+		return 1
+	}
+	return 0
 }
 
 // checker collects the findings of one proxy, in order, grouped by message.
@@ -168,19 +185,28 @@ type checker struct {
 	duplicates  []string
 	signers     []string
 	trustChecks int
+	leafs       []Leaf
+	// caChecked holds the roots and intermediates whose validity was
+	// checked, so that one shared by every identity is reported once.
+	caChecked map[string]bool
 }
 
 func newChecker(exp Expectation, now time.Time) *checker {
-	return &checker{exp: exp, want: proxy.NewTrust(exp.Roots...), now: now, byKey: map[string]*finding{}}
+	return &checker{exp: exp, want: proxy.NewTrust(exp.Roots...), now: now, byKey: map[string]*finding{}, caChecked: map[string]bool{}}
 }
 
 // add records a finding about identity ("" for the proxy). plural, if
 // given, is the message's wording for several identities.
 func (c *checker) add(about subject, identity, message string, plural ...string) {
+	c.addAs(StatusStale, about, identity, message, plural...)
+}
+
+// addAs is add for a finding that gives the proxy status s.
+func (c *checker) addAs(s Status, about subject, identity, message string, plural ...string) {
 	key := fmt.Sprint(about, message)
 	f := c.byKey[key]
 	if f == nil {
-		f = &finding{about: about, message: message, plural: message}
+		f = &finding{about: about, status: s, message: message, plural: message}
 		if len(plural) > 0 {
 			f.plural = plural[0]
 		}
@@ -207,10 +233,8 @@ func (c *checker) identityState(id *proxy.Identity) {
 // identity checks an identity that holds a certificate.
 func (c *checker) identity(id *proxy.Identity) {
 	c.trust(id)
+	c.freshness(id)
 	leaf := id.Leaf()
-	if c.now.After(leaf.X509.NotAfter) {
-		c.add(aboutLeaf, id.Name, "expired at "+leaf.X509.NotAfter.UTC().Format(time.RFC3339))
-	}
 	signer := id.Signer()
 	if signer == nil {
 		c.add(aboutLeaf, id.Name, fmt.Sprintf("has no signer in its chain (issuer %s)", pki.IssuerString(leaf.X509)),
@@ -230,10 +254,64 @@ func (c *checker) identity(id *proxy.Identity) {
 	}
 }
 
+// freshness checks the validity of an identity's leaf and of the
+// intermediates of its chain (its roots are checked with its trust).
+func (c *checker) freshness(id *proxy.Identity) {
+	leaf := id.Leaf().X509
+	fresh := FreshnessOf(leaf, true, c.now, 0)
+	c.leafs = append(c.leafs, Leaf{Identity: id.Name, NotBefore: leaf.NotBefore.UTC(), NotAfter: leaf.NotAfter.UTC(), Freshness: fresh})
+	switch fresh {
+	case FreshnessExpired:
+		// An expired leaf is one the proxy did not renew in time.
+		c.addAs(StatusNotRefreshing, aboutLeaf, id.Name, "expired at "+leaf.NotAfter.UTC().Format(time.RFC3339))
+	case FreshnessNotYetValid:
+		c.add(aboutLeaf, id.Name, "is not valid before "+leaf.NotBefore.UTC().Format(time.RFC3339)+": check the clocks of istiod and this node",
+			"are not valid before "+leaf.NotBefore.UTC().Format(time.RFC3339)+": check the clocks of istiod and this node")
+	case FreshnessNotRefreshing:
+		msg := fmt.Sprintf("is past its refresh point (%d%% of its lifetime): the proxy is not renewing it", int((0.5+RefreshMargin)*100))
+		c.addAs(StatusNotRefreshing, aboutLeaf, id.Name, msg,
+			fmt.Sprintf("are past their refresh point (%d%% of their lifetime): the proxy is not renewing them", int((0.5+RefreshMargin)*100)))
+	}
+	for i := 1; i < len(id.Chain); i++ {
+		c.caFreshness(&id.Chain[i])
+	}
+}
+
+// caFreshness checks the validity of a root or intermediate the proxy
+// holds, once per certificate.
+func (c *checker) caFreshness(cert *proxy.Cert) {
+	if c.caChecked[cert.Fingerprint] {
+		return
+	}
+	c.caChecked[cert.Fingerprint] = true
+	what := string(cert.Role) + " " + short(cert.Fingerprint)
+	x := cert.X509
+	switch FreshnessOf(x, false, c.now, c.exp.warnWindow()) {
+	case FreshnessExpired:
+		c.add(aboutProxy, "", what+" expired at "+x.NotAfter.UTC().Format(time.RFC3339))
+	case FreshnessNotYetValid:
+		c.add(aboutProxy, "", what+" is not valid before "+x.NotBefore.UTC().Format(time.RFC3339))
+	case FreshnessExpiring:
+		c.addAs(StatusExpiring, aboutProxy, "", fmt.Sprintf("%s expires in %s, at %s (within --warn-days %d)",
+			what, daysLeft(x.NotAfter.Sub(c.now)), x.NotAfter.UTC().Format(time.RFC3339), c.exp.WarnDays))
+	}
+}
+
+// daysLeft says how long remains, in whole days (hours under two days).
+func daysLeft(d time.Duration) string {
+	if d < 48*time.Hour {
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%d days", int(d.Hours()/24))
+}
+
 // trust compares the roots of an identity with the expected set.
 func (c *checker) trust(id *proxy.Identity) {
 	c.trustChecks++
 	anchors := id.Anchors()
+	for i := range anchors {
+		c.caFreshness(&anchors[i])
+	}
 	seen := map[string]bool{}
 	for _, a := range anchors {
 		if seen[a.Fingerprint] {
@@ -262,12 +340,13 @@ func (c *checker) result(identities int) Result {
 		Roots:          sortedSet(c.roots),
 		DuplicateRoots: sortedSet(c.duplicates),
 		Signers:        sortedSet(c.signers),
+		Leafs:          c.leafs,
 	}
 	for _, f := range c.findings {
 		r.Problems = append(r.Problems, f.render(c.trustChecks))
-	}
-	if len(r.Problems) > 0 {
-		r.Status = StatusStale
+		if severity(f.status) > severity(r.Status) {
+			r.Status = f.status
+		}
 	}
 	for _, fp := range r.DuplicateRoots {
 		r.Notes = append(r.Notes, fmt.Sprintf("root %s is listed more than once (ztunnel does not de-duplicate roots; trust is compared as a set)", short(fp)))

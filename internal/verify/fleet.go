@@ -137,10 +137,12 @@ func read(ctx context.Context, p *mesh.Proxy, fetch Fetch, exp Expectation, time
 type Counts struct {
 	// Total is every proxy discovered.
 	Total int `json:"total"`
-	// Match, Stale, NothingToVerify, Unreadable and NotReady count the
-	// proxies of each Status.
+	// Match, Stale, NotRefreshing, Expiring, NothingToVerify, Unreadable
+	// and NotReady count the proxies of each Status.
 	Match           int `json:"match"`
 	Stale           int `json:"stale"`
+	NotRefreshing   int `json:"notRefreshing"`
+	Expiring        int `json:"expiring"`
 	NothingToVerify int `json:"nothingToVerify"`
 	Unreadable      int `json:"unreadable"`
 	NotReady        int `json:"notReady"`
@@ -154,6 +156,10 @@ func (c *Counts) Add(s Status) {
 		c.Match++
 	case StatusStale:
 		c.Stale++
+	case StatusNotRefreshing:
+		c.NotRefreshing++
+	case StatusExpiring:
+		c.Expiring++
 	case StatusNothingToVerify:
 		c.NothingToVerify++
 	case StatusUnreadable:
@@ -163,8 +169,11 @@ func (c *Counts) Add(s Status) {
 	}
 }
 
-// Failing is how many proxies fail: stale, unreadable or not ready.
-func (c Counts) Failing() int { return c.Stale + c.Unreadable + c.NotReady }
+// Failing is how many proxies fail: stale, not refreshing, expiring,
+// unreadable or not ready.
+func (c Counts) Failing() int {
+	return c.Stale + c.NotRefreshing + c.Expiring + c.Unreadable + c.NotReady
+}
 
 // KindSummary counts the proxies of one kind.
 type KindSummary struct {

@@ -27,18 +27,22 @@ const (
 //	ok               true when no proxy fails and every istio-ca-root-cert
 //	                 ConfigMap matches (see OK)
 //	expectation      {source, roots[] (sorted fingerprints), signer,
-//	                 allowExtraRoots, rootCertSHA256}
+//	                 allowExtraRoots, rootCertSHA256, warnDays}
 //	total            counts over every kind:
-//	                 {total, match, stale, nothingToVerify, unreadable, notReady}
+//	                 {total, match, stale, notRefreshing, expiring,
+//	                 nothingToVerify, unreadable, notReady}
 //	kinds[]          the same counts per kind, always the four kinds in the
 //	                 order ztunnel, waypoint, gateway, sidecar: {kind, ...counts}
 //	rootConfigMaps   {total, match, stale[] {namespace, roots[], problems[]}}
 //	proxiesListed    "nonMatching" (the default) or "all"
 //	proxies[]        {kind, namespace, name, node, owner {kind, name}, status
-//	                 (match|stale|nothing-to-verify|unreadable|not-ready),
+//	                 (match|stale|not-refreshing|expiring|nothing-to-verify|
+//	                 unreadable|not-ready),
 //	                 reason (why unreadable: PortForward, Timeout, HTTPStatus,
 //	                 PodNotRunning, Unparsable, ...), identities, roots[],
-//	                 duplicateRoots[], signers[], problems[], notes[]}
+//	                 duplicateRoots[], signers[], leafs[] {identity, notBefore,
+//	                 notAfter, freshness (ok|expired|not-yet-valid|
+//	                 not-refreshing)}, problems[], notes[]}
 //	                 sorted by kind, namespace, name
 //	walk             {parallel, timeoutSeconds, discoverySeconds, readSeconds}
 //	warnings[]       discovery findings that did not stop the walk
@@ -68,9 +72,10 @@ type Report struct {
 	Warnings []string
 }
 
-// OK reports whether the fleet passes: no proxy is stale, unreadable or not
-// ready, and every istio-ca-root-cert ConfigMap carries the expected roots
-// (a stale ConfigMap means istiod has not taken the current cacerts).
+// OK reports whether the fleet passes: no proxy is stale, not refreshing,
+// expiring, unreadable or not ready, and every istio-ca-root-cert ConfigMap
+// carries the expected roots (a stale ConfigMap means istiod has not taken
+// the current cacerts).
 // Proxies with nothing to verify neither pass nor fail: they are not counted
 // as matches (Total.Match), but they do not make OK false, because a
 // ztunnel without workloads holds nothing that could be wrong.
@@ -92,8 +97,8 @@ func (r *Report) NonMatching() []Result {
 	return out
 }
 
-// Failing returns the results that fail (stale, unreadable, not ready), in
-// order.
+// Failing returns the results that fail (every status but match and
+// nothing-to-verify), in order.
 func (r *Report) Failing() []Result {
 	var out []Result
 	for i := range r.Proxies {

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/meshca/meshca/internal/mesh"
 	"github.com/meshca/meshca/internal/proxy"
@@ -39,8 +40,16 @@ const (
 	// holds was signed by the expected signer.
 	StatusMatch Status = "match"
 	// StatusStale: it holds something else (a missing or extra root, a
-	// leaf from another signer, an identity without a certificate).
+	// leaf from another signer, an identity without a certificate, an
+	// expired or not yet valid root or intermediate, a leaf not yet valid).
 	StatusStale Status = "stale"
+	// StatusNotRefreshing: a leaf it holds is past its refresh point
+	// (RefreshDeadline) or expired: the proxy has stopped renewing its
+	// certificates (and nothing worse is wrong with it).
+	StatusNotRefreshing Status = "not-refreshing"
+	// StatusExpiring: a root or intermediate it holds expires within the
+	// expectation's WarnDays (and nothing worse is wrong with it).
+	StatusExpiring Status = "expiring"
 	// StatusNothingToVerify: a ztunnel holding no certificate at all (no
 	// ambient workload on its node). Never counted as a match.
 	StatusNothingToVerify Status = "nothing-to-verify"
@@ -51,11 +60,12 @@ const (
 )
 
 // Statuses lists every Status in report order.
-var Statuses = []Status{StatusMatch, StatusStale, StatusNothingToVerify, StatusUnreadable, StatusNotReady}
+var Statuses = []Status{StatusMatch, StatusStale, StatusNotRefreshing, StatusExpiring, StatusNothingToVerify, StatusUnreadable, StatusNotReady}
 
-// Failing reports whether a proxy with this status fails verification.
+// Failing reports whether a proxy with this status fails verification:
+// every status but match and nothing-to-verify.
 func (s Status) Failing() bool {
-	return s == StatusStale || s == StatusUnreadable || s == StatusNotReady
+	return s != StatusMatch && s != StatusNothingToVerify
 }
 
 // Expectation is what every proxy should hold.
@@ -75,6 +85,10 @@ type Expectation struct {
 	// RootCertSHA256 is the SHA-256 of the exact root-cert.pem bytes, when
 	// known: the istio-ca-root-cert ConfigMaps must carry these bytes.
 	RootCertSHA256 string `json:"rootCertSHA256,omitempty"`
+	// WarnDays makes a proxy that holds a root or intermediate expiring
+	// within this many days "expiring"; 0 disables the warning. Expired,
+	// not yet valid and not refreshed certificates are always checked.
+	WarnDays int `json:"warnDays,omitempty"`
 }
 
 // ExpectationFromCA is the expectation of istiod's current CA: the set of
@@ -159,10 +173,26 @@ type Result struct {
 	// Signers are the distinct fingerprints of the certificates that signed
 	// its leafs.
 	Signers []string `json:"signers"`
+	// Leafs are the workload certificates it holds, one per identity that
+	// has one, in dump order: what the exporter publishes as
+	// meshca_proxy_cert_not_after_seconds.
+	Leafs []Leaf `json:"leafs,omitempty"`
 	// Problems say why it is not a match, one sentence each.
 	Problems []string `json:"problems,omitempty"`
 	// Notes are what is worth knowing but does not fail it.
 	Notes []string `json:"notes,omitempty"`
+}
+
+// Leaf is the validity of one workload certificate a proxy holds.
+type Leaf struct {
+	// Identity is the SPIFFE identity it was issued for.
+	Identity string `json:"identity"`
+	// NotBefore and NotAfter bound its validity.
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
+	// Freshness is where it stands at the time of the check (ok, expired,
+	// not-yet-valid, not-refreshing).
+	Freshness Freshness `json:"freshness"`
 }
 
 // String names the proxy as kind namespace/name.

@@ -44,9 +44,10 @@ func printExpectation(w io.Writer, exp *fleet.Expectation) {
 }
 
 func printSummary(w io.Writer, rep *fleet.Report) error {
-	t := report.NewTable(w, "KIND", "TOTAL", "MATCH", "STALE", "NOTHING TO VERIFY", "UNREADABLE", "NOT READY")
+	t := report.NewTable(w, "KIND", "TOTAL", "MATCH", "STALE", "NOT REFRESHING", "EXPIRING", "NOTHING TO VERIFY", "UNREADABLE", "NOT READY")
 	row := func(kind string, c fleet.Counts) {
-		t.Row(kind, strconv.Itoa(c.Total), strconv.Itoa(c.Match), strconv.Itoa(c.Stale), strconv.Itoa(c.NothingToVerify), strconv.Itoa(c.Unreadable), strconv.Itoa(c.NotReady))
+		t.Row(kind, strconv.Itoa(c.Total), strconv.Itoa(c.Match), strconv.Itoa(c.Stale), strconv.Itoa(c.NotRefreshing), strconv.Itoa(c.Expiring),
+			strconv.Itoa(c.NothingToVerify), strconv.Itoa(c.Unreadable), strconv.Itoa(c.NotReady))
 	}
 	for _, k := range rep.Kinds {
 		row(string(k.Kind), k.Counts)
@@ -141,7 +142,7 @@ func verdict(rep *fleet.Report, wide bool) string {
 		for _, x := range []struct {
 			n    int
 			what string
-		}{{c.Stale, "stale"}, {c.Unreadable, "unreadable"}, {c.NotReady, "not ready"}} {
+		}{{c.Stale, "stale"}, {c.NotRefreshing, "not refreshing"}, {c.Expiring, "expiring"}, {c.Unreadable, "unreadable"}, {c.NotReady, "not ready"}} {
 			if x.n > 0 {
 				why = append(why, fmt.Sprintf("%d %s", x.n, x.what))
 			}

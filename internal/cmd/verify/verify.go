@@ -30,6 +30,7 @@ type options struct {
 	expectRoots  []string
 	expectSigner string
 	allowExtra   bool
+	warnDays     int
 	parallel     int
 	timeout      time.Duration
 	attempts     int
@@ -62,7 +63,11 @@ it against the CA istiod signs with:
     fingerprints (a root listed twice is noted, never failed);
   - every workload leaf it holds was signed by the expected signer and
     chains to one of those roots;
-  - every identity is Available (not Initializing or Unavailable).
+  - every identity is Available (not Initializing or Unavailable);
+  - every certificate it holds is fresh: no leaf past its refresh point
+    (older than 60% of its lifetime: ztunnel and istio-agent renew at half
+    of it, so the proxy has stopped refreshing), no certificate expired or
+    not yet valid, no root or intermediate expiring within --warn-days.
 
 Without --expect-roots or --expect-signer the expectation is the cacerts
 Secret in the Istio namespace: the roots of root-cert.pem and ca-cert.pem as
@@ -71,8 +76,10 @@ flag, only the flags are checked. -n names the Istio namespace (where istiod
 and cacerts live); by default it is found from the istiod Deployment.
 
 Each proxy is reported as match, stale (holds something else: a missing or
-extra root, a leaf from another signer, an identity without certificate),
-nothing to verify (a ztunnel without certificates because no ambient workload
+extra root, a leaf from another signer, an identity without certificate, an
+expired or not yet valid CA certificate), not refreshing (a leaf past its
+refresh point or expired), expiring (a root or intermediate within
+--warn-days), nothing to verify (a ztunnel without certificates because no ambient workload
 runs on its node — shown apart, never counted as a match, does not fail),
 unreadable (port-forward, timeout, HTTP or parse error) or not ready (pod not
 running; not read). The istio-ca-root-cert ConfigMap of every namespace must
@@ -83,17 +90,18 @@ problems; -o wide lists every proxy. Progress goes to stderr (not with -o
 json|yaml or -q).
 
 -o json prints a FleetVerification document (apiVersion meshca.io/v1alpha1):
-  ok, expectation {source, roots[], signer, allowExtraRoots, rootCertSHA256},
-  total and kinds[] {kind, total, match, stale, nothingToVerify, unreadable,
-  notReady}, rootConfigMaps {total, match, stale[]}, proxiesListed
+  ok, expectation {source, roots[], signer, allowExtraRoots, rootCertSHA256,
+  warnDays}, total and kinds[] {kind, total, match, stale, notRefreshing,
+  expiring, nothingToVerify, unreadable, notReady}, rootConfigMaps {total, match, stale[]}, proxiesListed
   (nonMatching, or all with --all), proxies[] {kind, namespace, name, node,
-  owner, status, reason, identities, roots[], duplicateRoots[], signers[],
-  problems[], notes[]}, walk {parallel, timeoutSeconds, discoverySeconds,
-  readSeconds}, warnings[]. Fields are only ever added within an apiVersion.
+  owner, status (match|stale|not-refreshing|expiring|nothing-to-verify|
+  unreadable|not-ready), reason, identities, roots[], duplicateRoots[], signers[],
+  leafs[] {identity, notBefore, notAfter, freshness}, problems[], notes[]},
+  walk {parallel, timeoutSeconds, discoverySeconds, readSeconds}, warnings[]. Fields are only ever added within an apiVersion.
 
 Exit status: 0 when every proxy matches (or has nothing to verify) and every
-istio-ca-root-cert ConfigMap matches; 1 when any proxy is stale, unreadable or
-not ready, a ConfigMap is stale, or verification could not run; 2 on usage
+istio-ca-root-cert ConfigMap matches; 1 when any proxy is stale, not
+refreshing, expiring, unreadable or not ready, a ConfigMap is stale, or verification could not run; 2 on usage
 errors.`,
 		Example: `  # Verify the whole mesh against cacerts
   meshca verify
@@ -118,6 +126,7 @@ errors.`,
 	f.StringSliceVar(&o.expectRoots, "expect-roots", nil, "fingerprints (SHA-256, hex) of the roots every proxy must trust, comma separated (default: root-cert.pem of cacerts)")
 	f.StringVar(&o.expectSigner, "expect-signer", "", "fingerprint of the intermediate that must have signed every leaf (default: ca-cert.pem of cacerts)")
 	f.BoolVar(&o.allowExtra, "allow-extra-roots", false, "accept proxies that trust more roots than expected")
+	f.IntVar(&o.warnDays, "warn-days", fleet.DefaultWarnDays, "fail proxies holding a root or intermediate that expires within this many days; 0 disables")
 	f.IntVar(&o.parallel, "parallel", fleet.DefaultParallel, "how many proxies to read at once")
 	f.DurationVar(&o.timeout, "timeout", fleet.DefaultTimeout, "time allowed to read each proxy, retries included")
 	f.IntVar(&o.attempts, "attempts", kube.DefaultAttempts, "attempts for transient failures of each read")
@@ -132,6 +141,9 @@ func (o *options) complete() error {
 	var err error
 	if o.format, err = report.ParseFormat(o.output, report.Table, report.Wide, report.JSON, report.YAML); err != nil {
 		return cli.Exit(cli.ExitUsage, err)
+	}
+	if o.warnDays < 0 {
+		return cli.Usage("--warn-days must not be negative (0 disables the expiry warning)")
 	}
 	if o.parallel < 1 {
 		return cli.Usage("--parallel must be at least 1")
@@ -162,6 +174,7 @@ func (o *options) flagExpectation() (fleet.Expectation, error) {
 		return exp, errors.New("--expect-signer needs --expect-roots too: give the roots every proxy must trust")
 	}
 	exp.AllowExtraRoots = o.allowExtra
+	exp.WarnDays = o.warnDays
 	return exp, nil
 }
 
@@ -243,6 +256,7 @@ func (o *options) expectation(ctx context.Context, cs kubernetes.Interface, name
 	}
 	exp := fleet.ExpectationFromCA(ca)
 	exp.AllowExtraRoots = o.allowExtra
+	exp.WarnDays = o.warnDays
 	return exp, nil
 }
 

@@ -133,10 +133,12 @@ func newWorld(t *testing.T, lagging bool) *world {
 		return w
 	}
 	// The lagging part of the fleet: a ztunnel still on the old root, a
+	// ztunnel that stopped refreshing (its leaf is 20h into 24h), a
 	// gateway that refuses the port-forward, a pending sidecar, a
 	// namespace whose ConfigMap istiod has not rewritten.
 	w.objects = append(w.objects,
 		pod("istio-system", "ztunnel-b2", "node-2", zt, "DaemonSet/ztunnel", false),
+		pod("istio-system", "ztunnel-d4", "node-4", zt, "DaemonSet/ztunnel", false),
 		pod("istio-system", "istio-ingressgateway-7b9-abc", "node-2", map[string]string{"istio": "ingressgateway"}, "ReplicaSet/istio-ingressgateway-7b9", true),
 		cm("bookinfo", string(pki.EncodeCert(p.OldRoot.Cert))),
 	)
@@ -147,6 +149,8 @@ func newWorld(t *testing.T, lagging bool) *world {
 		vt.ZtunnelIdentity{Name: idA, Chain: []*x509.Certificate{leafA, p.OldInt.Cert, p.OldRoot.Cert}, Roots: vt.Certs(p.OldRoot)},
 		vt.ZtunnelIdentity{Name: idB, State: "Unavailable: signing gRPC error (The service is currently unavailable)"},
 	)
+	frozen := pkitest.Leaf(t, p.OldInt, idA, now.Add(-20*time.Hour), 24*time.Hour).Cert
+	w.dumps["ztunnel-d4"] = vt.ZtunnelDump(vt.ZtunnelIdentity{Name: idA, Chain: []*x509.Certificate{frozen, p.OldInt.Cert, p.OldRoot.Cert}, Roots: both})
 	w.errs["istio-ingressgateway-7b9-abc"] = &kube.Error{Namespace: "istio-system", Pod: "istio-ingressgateway-7b9-abc", Reason: kube.ReasonPortForward, Attempts: 3,
 		Err: errors.New("port-forward to port 15000 refused: connection refused")}
 	return w
@@ -243,11 +247,11 @@ func TestVerifyGolden(t *testing.T) {
 		},
 		"lagging.table": {
 			lagging: true, code: cli.ExitFailure,
-			stderr: "✗ read 6 proxies in 0s (parallel 32): 1 unreadable\n",
+			stderr: "✗ read 7 proxies in 0s (parallel 32): 1 unreadable\n",
 		},
 		"lagging.wide": {
 			lagging: true, args: []string{"-o", "wide", "--parallel", "2"}, code: cli.ExitFailure,
-			stderr: "✗ read 6 proxies in 0s (parallel 2): 1 unreadable\n",
+			stderr: "✗ read 7 proxies in 0s (parallel 2): 1 unreadable\n",
 		},
 		"lagging.json": {lagging: true, args: []string{"-o", "json"}, code: cli.ExitFailure},
 		"lagging.yaml": {lagging: true, args: []string{"-o", "yaml", "--timeout", "5s"}, code: cli.ExitFailure},
@@ -322,6 +326,20 @@ func TestVerifyFlags(t *testing.T) {
 			args: []string{"-n", "mesh"},
 			code: cli.ExitFailure,
 			err:  "secret mesh/cacerts (nor istio-ca-secret): not found: nothing to verify against; pass --expect-roots (and --expect-signer), or -n with the Istio namespace",
+		},
+		"--warn-days past the intermediate's 730 days fails every proxy holding it as expiring": {
+			args: []string{"--warn-days", "800"},
+			code: cli.ExitFailure,
+			out:  []string{"intermediate OLDINT______ expires in 730 days", "FAIL: 2 of 3 proxies do not match (2 expiring)"},
+		},
+		"--warn-days 0 disables the expiry warning": {
+			args: []string{"--warn-days", "0"},
+			out:  []string{"OK: 2 of 3 proxies match"},
+		},
+		"a negative --warn-days is a usage error": {
+			args: []string{"--warn-days", "-1"},
+			code: cli.ExitUsage,
+			err:  "--warn-days must not be negative",
 		},
 		"-q keeps stderr quiet": {
 			args: []string{"-q"},
