@@ -82,8 +82,8 @@ service mesh — ambient (ztunnel, waypoints) and sidecar — in three verified
 phases (trust, issue, retire), and works offline on CA material too.
 
 ` + exitCodesHelp,
-		SilenceUsage:  true,
-		SilenceErrors: true,
+		SilenceUsage:     true,
+		SilenceErrors:    true,
 		PersistentPreRun: func(*cobra.Command, []string) { setupLogging(env, verbose) },
 	}
 	root.SetIn(env.Streams.In)
