@@ -25,6 +25,7 @@ import (
 	sandboxcmd "github.com/meshca/meshca/internal/cmd/sandbox"
 	"github.com/meshca/meshca/internal/cmd/verify"
 	"github.com/meshca/meshca/internal/cmd/ztunnel"
+	"github.com/meshca/meshca/internal/kube"
 )
 
 // Version is stamped at build time with -ldflags "-X .../internal/app.Version=…".
@@ -64,6 +65,9 @@ func Run(ctx context.Context, args []string, env *cli.Env) int {
 			code = cli.ExitUsage
 		}
 		_, _ = fmt.Fprintf(streams.ErrOut, "Error: %v\n", err)
+		if p, ok := kube.ForbiddenPermission(err); ok {
+			_, _ = fmt.Fprintf(streams.ErrOut, "Permission: %s\n", p.Hint())
+		}
 		if code == cli.ExitUsage {
 			_, _ = fmt.Fprintln(streams.ErrOut, "Run 'meshca --help' for usage.")
 		}
