@@ -211,14 +211,7 @@ func SignerRoot(b *Bundle, now time.Time) (*x509.Certificate, error) {
 // signerRoot returns the root of next's root-cert.pem that next's signer
 // chains to.
 func signerRoot(next *Bundle, p *Parsed, now time.Time) (*x509.Certificate, error) {
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, c := range p.Roots {
-		roots.AddCert(c)
-	}
-	for _, c := range p.Chain {
-		inter.AddCert(c)
-	}
-	chains, err := p.Signer.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now})
+	chains, err := p.chains(now)
 	if err != nil {
 		return nil, fmt.Errorf("%s does not chain to %s: %w", next.path(CACertFile), next.path(RootCertFile), err)
 	}

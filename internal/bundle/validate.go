@@ -136,14 +136,7 @@ func Check(b *Bundle, opts CheckOptions) *Report {
 	}
 
 	// The verification istiod performs: signing cert → cert-chain → roots.
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, c := range p.Roots {
-		roots.AddCert(c)
-	}
-	for _, c := range p.Chain {
-		inter.AddCert(c)
-	}
-	if _, err := p.Signer.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: opts.Now}); err != nil {
+	if _, err := p.chains(opts.Now); err != nil {
 		r.add(SeverityError, caCert, "does not chain to a root in %s through %s: %v", rootFile, chainFile, err)
 	}
 
@@ -229,9 +222,9 @@ func certsByFile(b *Bundle, p *Parsed) []fileCert {
 	return out
 }
 
-// verifiedChain returns the chain from p's signer to a root of p that leaves
-// the most room for leaves, or nil when the signer does not chain.
-func verifiedChain(p *Parsed, now time.Time) []*x509.Certificate {
+// chains verifies p's signer as istiod does: against the roots of
+// root-cert.pem, with cert-chain.pem as intermediates, at now.
+func (p *Parsed) chains(now time.Time) ([][]*x509.Certificate, error) {
 	roots, inter := x509.NewCertPool(), x509.NewCertPool()
 	for _, c := range p.Roots {
 		roots.AddCert(c)
@@ -239,7 +232,13 @@ func verifiedChain(p *Parsed, now time.Time) []*x509.Certificate {
 	for _, c := range p.Chain {
 		inter.AddCert(c)
 	}
-	chains, err := p.Signer.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now})
+	return p.Signer.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now})
+}
+
+// verifiedChain returns the chain from p's signer to a root of p that leaves
+// the most room for leaves, or nil when the signer does not chain.
+func verifiedChain(p *Parsed, now time.Time) []*x509.Certificate {
+	chains, err := p.chains(now)
 	if err != nil || len(chains) == 0 {
 		return nil
 	}

@@ -3,10 +3,8 @@ package kube
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +13,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
+
+	"github.com/meshca/meshca/internal/kube/kubetest"
 )
 
 func clientFor(t *testing.T, host string) kubernetes.Interface {
@@ -26,42 +26,8 @@ func clientFor(t *testing.T, host string) kubernetes.Interface {
 	return cs
 }
 
-// blackHole accepts connections and never answers: an API server that went
-// away without closing its port (a paused process, a dropped route).
-func blackHole(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	})
-	return "http://" + l.Addr().String()
-}
-
 func TestMonitorAPINamesALostAPIServer(t *testing.T) {
-	host := blackHole(t)
+	host := kubetest.BlackHole(t)
 	opts := HealthOptions{Interval: 50 * time.Millisecond, Timeout: 50 * time.Millisecond, Failures: 3}
 	ctx, cancel := MonitorAPI(context.Background(), clientFor(t, host), opts)
 	defer cancel()

@@ -3,7 +3,6 @@ package rollout_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"strings"
 	"syscall"
@@ -25,29 +24,9 @@ import (
 // reports an unreachable API server within a few health checks, not a
 // rollout timeout ten minutes later.
 func TestWaitNamesAnAPIServerThatStopped(t *testing.T) {
-	bin, err := cluster.FindBinDir()
-	if err != nil {
-		t.Fatalf("find bin dir: %v", err)
-	}
-	cfg := cluster.Config{Dir: t.TempDir(), BinDir: bin, Logf: t.Logf}
-	if missing := cfg.Missing(); len(missing) > 0 {
-		msg := fmt.Sprintf("control-plane binaries not built (missing %s); run make controlplane", strings.Join(missing, ", "))
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	c, err := cluster.Start(ctx, cfg)
-	if err != nil {
-		t.Fatalf("start control plane: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Errorf("stop control plane: %v", err)
-		}
-	})
+	c := startControlPlane(ctx, t)
 	cs := c.Client()
 	labels := map[string]string{"app": "web"}
 	dep := &appsv1.Deployment{

@@ -3,8 +3,6 @@ package rollout
 import (
 	"context"
 	"errors"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,40 +10,14 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/meshca/meshca/internal/kube"
+	"github.com/meshca/meshca/internal/kube/kubetest"
 )
 
 // TestWaitNamesALostAPIServer: an API server that stops answering during a
 // wait is reported as unreachable within a few health checks, not as a
 // rollout that did not complete within its (here ten-minute) timeout.
 func TestWaitNamesALostAPIServer(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	defer func() {
-		_ = l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	}()
-	cs, err := kubernetes.NewForConfig(&rest.Config{Host: "http://" + l.Addr().String()})
+	cs, err := kubernetes.NewForConfig(&rest.Config{Host: kubetest.BlackHole(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

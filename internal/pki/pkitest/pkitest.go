@@ -56,16 +56,31 @@ func Leaf(t testing.TB, ca *pki.CA, spiffeID string, notBefore time.Time, ttl ti
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 	tmpl := &x509.Certificate{
-		SerialNumber: serial.Add(serial, big.NewInt(1)),
+		SerialNumber: serial(),
 		NotBefore:    notBefore,
 		NotAfter:     notBefore.Add(ttl),
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		URIs:         []*url.URL{u},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	return issue(t, tmpl, ca, key)
+}
+
+// serial is a random non-zero serial number.
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	return n.Add(n, big.NewInt(1))
+}
+
+// issue signs tmpl for key with parent (nil: self-signed).
+func issue(t testing.TB, tmpl *x509.Certificate, parent *pki.CA, key crypto.Signer) *pki.CA {
+	t.Helper()
+	issuer, signer := tmpl, key
+	if parent != nil {
+		issuer, signer = parent.Cert, parent.Key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), signer)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,10 +118,10 @@ func WriteBundle(t testing.TB, b *bundle.Bundle) string {
 // outliving their root).
 func CA(t testing.TB, parent *pki.CA, key crypto.Signer, edit func(*x509.Certificate)) *pki.CA {
 	t.Helper()
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	sn := serial()
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial.Add(serial, big.NewInt(1)),
-		Subject:               pkix.Name{Organization: []string{"Istio"}, CommonName: "Test CA " + serial.Text(16)},
+		SerialNumber:          sn,
+		Subject:               pkix.Name{Organization: []string{"Istio"}, CommonName: "Test CA " + sn.Text(16)},
 		NotBefore:             Now.Add(-time.Hour),
 		NotAfter:              Now.AddDate(10, 0, 0),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
@@ -117,19 +132,7 @@ func CA(t testing.TB, parent *pki.CA, key crypto.Signer, edit func(*x509.Certifi
 	if edit != nil {
 		edit(tmpl)
 	}
-	issuer, signer := tmpl, key
-	if parent != nil {
-		issuer, signer = parent.Cert, parent.Key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &pki.CA{Cert: cert, Key: key}
+	return issue(t, tmpl, parent, key)
 }
 
 // Key returns a new key of type kt.
