@@ -338,6 +338,11 @@ func expectation(r *Record, p Phase, rootPEM []byte) verify.Expectation {
 // facts.md §5, multi-cluster).
 func (e *Engine) Run(ctx context.Context) error {
 	e.started = e.opts.Now()
+	ctx, unlock, err := e.lockClusters(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	states := make([]*state, len(e.clusters))
 	for i, c := range e.clusters {
 		st, err := e.load(ctx, c, true)
