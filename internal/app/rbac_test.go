@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -105,17 +106,22 @@ func TestCommandsRunWithExactlyTheirDocumentedRoles(t *testing.T) {
 		})
 	}
 	t.Run("rotate with the rotation set", func(t *testing.T) {
-		root := pkitest.WriteRoot(t, func() *pki.CA {
-			ca, err := pki.NewRoot(pki.RootOptions{KeyType: pki.ECDSAP256})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return ca
-		}())
-		r := meshca(t, "rotate", "--root", root, "--yes", "--key-type", "ecdsa-p256", "--kubeconfig", rotator)
+		newRoot, err := pki.NewRoot(pki.RootOptions{KeyType: pki.ECDSAP256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := meshca(t, "rotate", "--root", pkitest.WriteRoot(t, newRoot), "--yes", "--key-type", "ecdsa-p256", "--kubeconfig", rotator)
 		if r.code != 0 {
 			t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.out, r.err)
 		}
+		sec, err := s.Client().CoreV1().Secrets(sandbox.IstioNamespace).Get(ctx, "cacerts", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := string(sec.Data["root-cert.pem"]); got != string(pki.EncodeCert(newRoot.Cert)) {
+			t.Errorf("after the rotation cacerts root-cert.pem is not the new root only:\n%s", got)
+		}
+		t.Logf("rotation as meshca-rotator:\n%s", r.out)
 		r = meshca(t, "verify", "--kubeconfig", readonly)
 		if r.code != 0 {
 			t.Errorf("verify after the rotation: exit %d\n%s\n%s", r.code, r.out, r.err)
