@@ -9,14 +9,17 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 
 	"github.com/meshca/meshca/internal/app"
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/pki/pkitest"
+	"github.com/meshca/meshca/internal/rotate"
 	"github.com/meshca/meshca/internal/sandbox"
 	"github.com/meshca/meshca/internal/sandbox/sandboxtest"
 )
@@ -76,5 +79,38 @@ func TestPathlenZeroRootIsRefusedByRotateBeforeAnyWrite(t *testing.T) {
 				t.Errorf("secrets and configmaps of %s changed (-before +after):\n%s", sandbox.IstioNamespace, d)
 			}
 		})
+	}
+}
+
+// TestASecondRotationSeesTheLockBeforeWriting: while another run holds the
+// rotation Lease, `meshca rotate` exits 1 naming the holder and its root,
+// and changes nothing in the Istio namespace.
+func TestASecondRotationSeesTheLockBeforeWriting(t *testing.T) {
+	s := sandboxtest.Start(t, sandboxtest.Healthy(sandbox.Options{Nodes: 1, Workloads: 1}))
+	ctx := context.Background()
+	now := metav1.NewMicroTime(time.Now())
+	lease := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: rotate.LockName, Namespace: sandbox.IstioNamespace, Annotations: map[string]string{"meshca.io/new-root": "0123456789abcdef"}},
+		Spec: coordinationv1.LeaseSpec{
+			HolderIdentity: ptr.To("operator-a/4242/xyz"), LeaseDurationSeconds: ptr.To(int32(3600)),
+			AcquireTime: &now, RenewTime: &now,
+		},
+	}
+	if _, err := s.Client().CoordinationV1().Leases(sandbox.IstioNamespace).Create(ctx, lease, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	root, err := pki.NewRoot(pki.RootOptions{KeyType: pki.ECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := objects(t, s.Client())
+	var out, errOut bytes.Buffer
+	env := &cli.Env{Streams: genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}, Now: time.Now}
+	code := app.Run(ctx, []string{"rotate", "--yes", "--kubeconfig", s.Kubeconfig(), "--root", pkitest.WriteRoot(t, root)}, env)
+	if code != cli.ExitFailure || !strings.Contains(errOut.String(), "held by operator-a/4242/xyz (rotating to root 0123456789ab") {
+		t.Errorf("exit %d, stderr:\n%s\nwant exit 1 naming the holder and its root", code, errOut.String())
+	}
+	if d := cmp.Diff(before, objects(t, s.Client())); d != "" {
+		t.Errorf("secrets and configmaps of %s changed (-before +after):\n%s", sandbox.IstioNamespace, d)
 	}
 }
