@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -52,6 +54,22 @@ func holderID() string {
 	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), rand.String(6))
 }
 
+// deadLocalHolder reports whether holder names a process of this host that
+// no longer exists (a run killed or crashed here): its lock can be taken over
+// at once instead of after lockDuration, so a re-run resumes right away.
+func deadLocalHolder(holder string) bool {
+	host, _ := os.Hostname()
+	parts := strings.Split(holder, "/")
+	if len(parts) != 3 || parts[0] != host {
+		return false
+	}
+	pid, err := strconv.Atoi(parts[1])
+	if err != nil || pid <= 0 || pid == os.Getpid() {
+		return false
+	}
+	return !processAlive(pid)
+}
+
 // acquireLock takes the rotation Lease of namespace for holder, rotating to
 // root (a fingerprint, may be empty). A Lease held by another holder and
 // renewed within its duration refuses with ErrLocked, naming the holder;
@@ -77,7 +95,7 @@ func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, ho
 	case err != nil:
 		return nil, fmt.Errorf("read lease %s/%s: %w", namespace, LockName, err)
 	}
-	if h := ptr.Deref(cur.Spec.HolderIdentity, ""); h != "" && h != holder && !expired(cur, now) {
+	if h := ptr.Deref(cur.Spec.HolderIdentity, ""); h != "" && h != holder && !expired(cur, now) && !deadLocalHolder(h) {
 		renewed := now.Sub(cur.Spec.RenewTime.Time).Round(time.Second)
 		return nil, fmt.Errorf("lease %s/%s: %w: held by %s (rotating to root %.12s, renewed %s ago, taken over %s after its last renewal if it stops); wait for it to finish, nothing was changed",
 			namespace, LockName, ErrLocked, h, cur.Annotations[lockRootAnnotation], renewed, lockDuration)

@@ -3,6 +3,9 @@ package rotate
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -49,5 +52,30 @@ func TestLockAdmitsOneRotationAtATime(t *testing.T) {
 	}
 	if _, err := acquireLock(ctx, cs, "istio-system", "host/3/ccc", "rootC", now.Add(3*lockDuration)); err != nil {
 		t.Errorf("after release: %v", err)
+	}
+}
+
+func TestLockOfADeadLocalRunIsTakenOverAtOnce(t *testing.T) {
+	ctx := context.Background()
+	cs := fake.NewClientset()
+	now := time.Now()
+	host, _ := os.Hostname()
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Skip("no `true` to make a dead pid:", err)
+	}
+	if _, err := acquireLock(ctx, cs, "istio-system", fmt.Sprintf("%s/%d/dead", host, dead.Process.Pid), "rootA", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acquireLock(ctx, cs, "istio-system", holderID(), "rootA", now.Add(time.Second)); err != nil {
+		t.Errorf("the lock of a process that no longer exists on this host was not taken over: %v", err)
+	}
+	alive := fmt.Sprintf("%s/%d/live", host, os.Getppid())
+	cs = fake.NewClientset()
+	if _, err := acquireLock(ctx, cs, "istio-system", alive, "rootA", now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acquireLock(ctx, cs, "istio-system", holderID(), "rootA", now.Add(time.Second)); !errors.Is(err, ErrLocked) {
+		t.Errorf("the lock of a live local process was taken over: %v", err)
 	}
 }
