@@ -5,6 +5,7 @@ package app
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -14,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/klog/v2"
 
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/cmd/ca"
@@ -24,6 +26,7 @@ import (
 	sandboxcmd "github.com/meshca/meshca/internal/cmd/sandbox"
 	"github.com/meshca/meshca/internal/cmd/verify"
 	"github.com/meshca/meshca/internal/cmd/ztunnel"
+	"github.com/meshca/meshca/internal/kube"
 )
 
 // Version is stamped at build time with -ldflags "-X .../internal/app.Version=…".
@@ -63,6 +66,9 @@ func Run(ctx context.Context, args []string, env *cli.Env) int {
 			code = cli.ExitUsage
 		}
 		_, _ = fmt.Fprintf(streams.ErrOut, "Error: %v\n", err)
+		if p, ok := kube.ForbiddenPermission(err); ok {
+			_, _ = fmt.Fprintf(streams.ErrOut, "Permission: %s\n", p.Hint())
+		}
 		if code == cli.ExitUsage {
 			_, _ = fmt.Fprintln(streams.ErrOut, "Run 'meshca --help' for usage.")
 		}
@@ -81,15 +87,9 @@ service mesh — ambient (ztunnel, waypoints) and sidecar — in three verified
 phases (trust, issue, retire), and works offline on CA material too.
 
 ` + exitCodesHelp,
-		SilenceUsage:  true,
-		SilenceErrors: true,
-		PersistentPreRun: func(*cobra.Command, []string) {
-			level := slog.LevelWarn
-			if verbose {
-				level = slog.LevelDebug
-			}
-			slog.SetDefault(slog.New(slog.NewTextHandler(env.Streams.ErrOut, &slog.HandlerOptions{Level: level})))
-		},
+		SilenceUsage:     true,
+		SilenceErrors:    true,
+		PersistentPreRun: func(*cobra.Command, []string) { setupLogging(env, verbose) },
 	}
 	root.SetIn(env.Streams.In)
 	root.SetOut(env.Streams.Out)
@@ -116,6 +116,22 @@ func newVersionCmd(env *cli.Env) *cobra.Command {
 			return err
 		},
 	}
+}
+
+// setupLogging sends slog to stderr, at debug level under -v, and routes
+// klog (client-go's logger) into it, so that -v also shows client-go's own
+// detail (klog verbosity 4) and nothing of klog bypasses meshca's stderr.
+func setupLogging(env *cli.Env, verbose bool) {
+	level, klogV := slog.LevelWarn, "0"
+	if verbose {
+		level, klogV = slog.LevelDebug, "4"
+	}
+	logger := slog.New(slog.NewTextHandler(env.Streams.ErrOut, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(logger)
+	var fs flag.FlagSet
+	klog.InitFlags(&fs)
+	_ = fs.Set("v", klogV)
+	klog.SetSlogLogger(logger)
 }
 
 // isUsageError recognises cobra's argument errors, which it returns as plain

@@ -209,17 +209,16 @@ func (b *Bundle) ParseRoots() ([]*x509.Certificate, error) {
 	return pki.ParseCertificates(b.path(RootCertFile), b.RootCert)
 }
 
-// Write writes the bundle's files into dir (keys 0600, atomically), refusing
-// to overwrite an existing ca-key.pem unless force is set.
+// Write writes the bundle's files into dir as one set (pki.WriteDir: all
+// or nothing, the previous files kept until the new set is complete; keys
+// 0600), refusing to overwrite an existing ca-key.pem unless force is set.
+// A ca-crl.pem of a previous set is dropped when b has none.
 func (b *Bundle) Write(dir string, force bool) error {
-	files := []pki.File{
-		{Path: filepath.Join(dir, CACertFile), Data: b.CACert},
-		{Path: filepath.Join(dir, CAKeyFile), Data: b.CAKey, Secret: true},
-		{Path: filepath.Join(dir, CertChainFile), Data: b.CertChain},
-		{Path: filepath.Join(dir, RootCertFile), Data: b.RootCert},
-	}
-	if len(b.CRL) > 0 {
-		files = append(files, pki.File{Path: filepath.Join(dir, CRLFile), Data: b.CRL})
-	}
-	return pki.WriteFiles(files, force)
+	return pki.WriteDir(dir, []pki.File{
+		{Path: CACertFile, Data: b.CACert},
+		{Path: CAKeyFile, Data: b.CAKey, Secret: true},
+		{Path: CertChainFile, Data: b.CertChain},
+		{Path: RootCertFile, Data: b.RootCert},
+		{Path: CRLFile, Data: b.CRL, Drop: len(b.CRL) == 0},
+	}, force)
 }

@@ -80,6 +80,13 @@ func Build(phase Phase, cur, next *Bundle, now time.Time) (*Bundle, error) {
 	if err := Validate(cur, now); err != nil {
 		return nil, fmt.Errorf("current bundle: %w", err)
 	}
+	// The new CA is judged as material about to be installed; the trust
+	// phase may get only its roots (checked in trust).
+	if len(next.CACert) > 0 {
+		if err := ValidateNew(next, now); err != nil {
+			return nil, fmt.Errorf("new CA: %w", err)
+		}
+	}
 	var (
 		out *Bundle
 		err error
@@ -120,8 +127,14 @@ func trust(cur, next *Bundle) (*Bundle, error) {
 	}
 	out := cur.Clone()
 	for _, r := range newRoots {
+		if err := pki.CheckKeyAlgorithm(r); err != nil {
+			return nil, fmt.Errorf("%s: %w", next.path(RootCertFile), err)
+		}
 		if pki.RoleOf(r) != pki.RoleRoot {
 			return nil, fmt.Errorf("%s: %q is not a self-signed CA certificate", next.path(RootCertFile), r.Subject.CommonName)
+		}
+		if err := pki.CheckRootForIntermediates(r); err != nil {
+			return nil, fmt.Errorf("%s: %w", next.path(RootCertFile), err)
 		}
 		if !pki.Contains(curRoots, r) {
 			out.RootCert = appendPEM(out.RootCert, pki.EncodeCert(r))
@@ -198,14 +211,7 @@ func SignerRoot(b *Bundle, now time.Time) (*x509.Certificate, error) {
 // signerRoot returns the root of next's root-cert.pem that next's signer
 // chains to.
 func signerRoot(next *Bundle, p *Parsed, now time.Time) (*x509.Certificate, error) {
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, c := range p.Roots {
-		roots.AddCert(c)
-	}
-	for _, c := range p.Chain {
-		inter.AddCert(c)
-	}
-	chains, err := p.Signer.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now})
+	chains, err := p.chains(now)
 	if err != nil {
 		return nil, fmt.Errorf("%s does not chain to %s: %w", next.path(CACertFile), next.path(RootCertFile), err)
 	}

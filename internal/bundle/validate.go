@@ -24,9 +24,16 @@ type Finding struct {
 	Severity Severity `json:"severity"`
 	File     string   `json:"file"`
 	Message  string   `json:"message"`
+	// Fix says what to do, when Check knows.
+	Fix string `json:"fix,omitempty"`
 }
 
-func (f Finding) String() string { return fmt.Sprintf("%s: %s", f.File, f.Message) }
+func (f Finding) String() string {
+	if f.Fix == "" {
+		return fmt.Sprintf("%s: %s", f.File, f.Message)
+	}
+	return fmt.Sprintf("%s: %s (fix: %s)", f.File, f.Message, f.Fix)
+}
 
 // Report is the outcome of Check.
 type Report struct {
@@ -61,11 +68,32 @@ func (r *Report) add(sev Severity, file, format string, args ...any) {
 	r.Findings = append(r.Findings, Finding{Severity: sev, File: file, Message: fmt.Sprintf(format, args...)})
 }
 
+// addPolicy records a *pki.PolicyError (or any error) with its fix.
+func (r *Report) addPolicy(sev Severity, file string, err error) {
+	f := Finding{Severity: sev, File: file, Message: err.Error()}
+	var pe *pki.PolicyError
+	if errors.As(err, &pe) {
+		f.Message, f.Fix = pe.Problem, pe.Fix
+		if pe.Unusable {
+			f.Severity = SeverityError
+		}
+	}
+	r.Findings = append(r.Findings, f)
+}
+
 // CheckOptions tunes Check.
 type CheckOptions struct {
 	Now time.Time
 	// WarnWithin reports certificates expiring within this duration.
 	WarnWithin time.Duration
+	// NewCA judges b as a CA about to be installed: a key the data plane
+	// cannot verify, a signer that outlives its root or expires within one
+	// workload certificate lifetime are errors. Without it (the bundle in use
+	// now, which a rotation replaces) they are warnings, so that meshca can
+	// rotate away from weak material. A path length that forbids leaves and
+	// an algorithm istiod cannot use are errors either way: istiod cannot
+	// issue working certificates from such a bundle at all.
+	NewCA bool
 }
 
 // Check validates b as istiod does when it loads a plug-in CA
@@ -108,16 +136,11 @@ func Check(b *Bundle, opts CheckOptions) *Report {
 	}
 
 	// The verification istiod performs: signing cert → cert-chain → roots.
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, c := range p.Roots {
-		roots.AddCert(c)
-	}
-	for _, c := range p.Chain {
-		inter.AddCert(c)
-	}
-	if _, err := p.Signer.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: opts.Now}); err != nil {
+	if _, err := p.chains(opts.Now); err != nil {
 		r.add(SeverityError, caCert, "does not chain to a root in %s through %s: %v", rootFile, chainFile, err)
 	}
+
+	checkPolicy(r, b, p, opts)
 
 	if _, dups := pki.Unique(p.Roots); dups > 0 {
 		r.add(SeverityWarning, rootFile, "holds %d duplicate root(s); harmless (proxies compare roots as a set) but shown as extra rows by istioctl", dups)
@@ -138,9 +161,93 @@ func Check(b *Bundle, opts CheckOptions) *Report {
 	return r
 }
 
-// Validate returns Check's errors, or nil when istiod would load b.
+// Validate returns Check's errors, or nil when istiod would load b and issue
+// working certificates from it. Use it for the bundle in use now.
 func Validate(b *Bundle, now time.Time) error {
 	return Check(b, CheckOptions{Now: now}).Err()
+}
+
+// ValidateNew is Validate for a CA about to be installed (CheckOptions.NewCA):
+// weak keys and lifetimes that break leaves are errors too.
+func ValidateNew(b *Bundle, now time.Time) error {
+	return Check(b, CheckOptions{Now: now, NewCA: true}).Err()
+}
+
+// checkPolicy adds what istiod's own load check misses but the mesh chokes
+// on: key algorithms and sizes the data plane cannot verify, a path length
+// that leaves no room for the leaves, a signer outliving its root or
+// expiring before the leaves it issues.
+func checkPolicy(r *Report, b *Bundle, p *Parsed, opts CheckOptions) {
+	weak := SeverityWarning
+	if opts.NewCA {
+		weak = SeverityError
+	}
+	seen := map[string]bool{}
+	for _, fc := range certsByFile(b, p) {
+		fp := pki.Fingerprint(fc.cert)
+		if seen[fp] {
+			continue
+		}
+		seen[fp] = true
+		if err := pki.CheckKeyAlgorithm(fc.cert); err != nil {
+			r.addPolicy(weak, fc.file, err)
+		}
+	}
+	chain := verifiedChain(p, opts.Now)
+	if chain == nil {
+		return // the chain error is already reported
+	}
+	if err := pki.CheckLeafRoom(chain); err != nil {
+		r.addPolicy(weak, b.path(CACertFile), err)
+	}
+	if err := pki.CheckLifetime(chain, opts.Now); err != nil {
+		r.addPolicy(weak, b.path(CACertFile), err)
+	}
+}
+
+type fileCert struct {
+	file string
+	cert *x509.Certificate
+}
+
+// certsByFile lists every certificate of p with the file it came from.
+func certsByFile(b *Bundle, p *Parsed) []fileCert {
+	out := []fileCert{{b.path(CACertFile), p.Signer}}
+	for _, c := range p.Chain {
+		out = append(out, fileCert{b.path(CertChainFile), c})
+	}
+	for _, c := range p.Roots {
+		out = append(out, fileCert{b.path(RootCertFile), c})
+	}
+	return out
+}
+
+// chains verifies p's signer as istiod does: against the roots of
+// root-cert.pem, with cert-chain.pem as intermediates, at now.
+func (p *Parsed) chains(now time.Time) ([][]*x509.Certificate, error) {
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, c := range p.Roots {
+		roots.AddCert(c)
+	}
+	for _, c := range p.Chain {
+		inter.AddCert(c)
+	}
+	return p.Signer.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now})
+}
+
+// verifiedChain returns the chain from p's signer to a root of p that leaves
+// the most room for leaves, or nil when the signer does not chain.
+func verifiedChain(p *Parsed, now time.Time) []*x509.Certificate {
+	chains, err := p.chains(now)
+	if err != nil || len(chains) == 0 {
+		return nil
+	}
+	for _, c := range chains {
+		if pki.CheckLeafRoom(c) == nil {
+			return c
+		}
+	}
+	return chains[0]
 }
 
 func checkValidity(r *Report, file string, c *x509.Certificate, opts CheckOptions) {

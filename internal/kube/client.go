@@ -9,6 +9,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -52,6 +53,8 @@ func NewClient(flags *genericclioptions.ConfigFlags) (*Client, error) {
 	if flags.Namespace != nil && *flags.Namespace != "" {
 		explicit = true
 	}
+	LogRequests(cfg)
+	slog.Debug("kubernetes client", "server", cfg.Host, "namespace", ns)
 	return NewClientFromConfig(cfg, ns, explicit)
 }
 

@@ -1,9 +1,11 @@
 package pki
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/x509"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -57,8 +59,12 @@ type Item struct {
 	// Key is set for private keys: its type and the certificate it matches;
 	// the key itself is never included.
 	Key *KeyInfo `json:"privateKey,omitempty"`
-	// Error is set when the block could not be parsed.
+	// Error is set when the block or the file could not be read or parsed.
 	Error string `json:"error,omitempty"`
+	// SignatureError is set when the certificate's signature does not
+	// verify: with its own key for a self-issued certificate, or with the
+	// key of every certificate given that could have issued it.
+	SignatureError string `json:"signatureError,omitempty"`
 
 	cert   *x509.Certificate
 	public any
@@ -78,17 +84,42 @@ const (
 	KindCertificate = "certificate"
 	KindPrivateKey  = "private key"
 	KindOther       = "other"
+	// KindError is a file or block that could not be read or parsed; the
+	// listing goes on with the others.
+	KindError = "error"
 )
+
+// Failed reports whether the item is a problem: an unreadable file or
+// block, or a certificate whose signature does not verify.
+func (it Item) Failed() bool {
+	return it.Kind == KindError || it.SignatureError != ""
+}
+
+// Input is one file given to Inspect: its data, or the error that kept it
+// from being read.
+type Input struct {
+	Name string
+	Data []byte
+	Err  error
+}
 
 // Inspect lists the certificates and private keys in the PEM data of named
 // files. Keys are matched against every certificate of every file given, so
-// inspecting a bundle directory pairs ca-key.pem with ca-cert.pem.
-func Inspect(files map[string][]byte, order []string, now time.Time) ([]Item, error) {
+// inspecting a bundle directory pairs ca-key.pem with ca-cert.pem. A file or
+// block that cannot be parsed becomes an item of KindError and the listing
+// goes on: one bad key does not hide the rest of a directory.
+func Inspect(inputs []Input, now time.Time) []Item {
 	var items []Item
-	for _, name := range order {
-		blocks, err := DecodeBlocks(name, files[name])
+	for _, in := range inputs {
+		name := in.Name
+		if in.Err != nil {
+			items = append(items, Item{File: name, Kind: KindError, Error: in.Err.Error()})
+			continue
+		}
+		blocks, err := DecodeBlocks(name, in.Data)
 		if err != nil {
-			return nil, err
+			items = append(items, Item{File: name, Kind: KindError, Error: err.Error()})
+			continue
 		}
 		for _, b := range blocks {
 			it := Item{File: name, Block: b.Index}
@@ -97,7 +128,8 @@ func Inspect(files map[string][]byte, order []string, now time.Time) ([]Item, er
 				it.Kind = KindCertificate
 				c, err := x509.ParseCertificate(b.Bytes)
 				if err != nil {
-					return nil, fmt.Errorf("%s: PEM block %d: %w", name, b.Index, err)
+					it.Kind, it.Error = KindError, fmt.Sprintf("%s: PEM block %d: %v", name, b.Index, err)
+					break
 				}
 				info := Describe(c, now)
 				it.Certificate, it.cert = &info, c
@@ -105,7 +137,8 @@ func Inspect(files map[string][]byte, order []string, now time.Time) ([]Item, er
 				it.Kind = KindPrivateKey
 				k, err := ParseKeyBlock(name, b)
 				if err != nil {
-					return nil, err
+					it.Kind, it.Error = KindError, err.Error()
+					break
 				}
 				it.Key, it.public = &KeyInfo{KeyType: KeyDescription(k.Public())}, k.Public()
 			default:
@@ -129,5 +162,39 @@ func Inspect(files map[string][]byte, order []string, now time.Time) ([]Item, er
 			}
 		}
 	}
-	return items, nil
+	checkSignatures(items)
+	return items
+}
+
+// checkSignatures sets SignatureError on every certificate whose signature
+// does not verify: a self-issued certificate with its own key, any other
+// with the key of each given certificate named as its issuer (no judgement
+// when its issuer was not given).
+func checkSignatures(items []Item) {
+	for i := range items {
+		c := items[i].cert
+		if c == nil {
+			continue
+		}
+		if bytes.Equal(c.RawIssuer, c.RawSubject) {
+			if err := c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature); err != nil {
+				items[i].SignatureError = "self-signature does not verify: " + err.Error()
+			}
+			continue
+		}
+		var tried []string
+		for _, p := range items {
+			if p.cert == nil || !bytes.Equal(p.cert.RawSubject, c.RawIssuer) {
+				continue
+			}
+			if c.CheckSignatureFrom(p.cert) == nil {
+				tried = nil
+				break
+			}
+			tried = append(tried, ShortFingerprint(p.cert))
+		}
+		if len(tried) > 0 {
+			items[i].SignatureError = "signature does not verify with the key of its issuer " + strings.Join(tried, ", ")
+		}
+	}
 }

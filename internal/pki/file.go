@@ -16,6 +16,9 @@ type File struct {
 	// Secret marks private key material: mode 0600, never overwritten
 	// without force.
 	Secret bool
+	// Drop, for WriteDir, removes the file from the set instead of writing
+	// it (an optional file the new set does not have, such as ca-crl.pem).
+	Drop bool
 }
 
 // WriteFiles writes files atomically (temp file in the same directory, then

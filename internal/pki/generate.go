@@ -98,6 +98,9 @@ func NewIntermediate(root *CA, opts IntermediateOptions) (*CA, error) {
 	if !root.Cert.IsCA {
 		return nil, fmt.Errorf("intermediate: issuer %q is not a CA", root.Cert.Subject.CommonName)
 	}
+	if err := CheckRootForIntermediates(root.Cert); err != nil {
+		return nil, fmt.Errorf("intermediate: %w", err)
+	}
 	if opts.Now.After(root.Cert.NotAfter) {
 		return nil, fmt.Errorf("intermediate: root %q expired on %s", root.Cert.Subject.CommonName, root.Cert.NotAfter.UTC().Format(time.RFC3339))
 	}

@@ -6,11 +6,15 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"syscall"
 )
 
 // MaxFileSize bounds every CA file meshca reads. Real bundles are a few KiB;
@@ -20,14 +24,50 @@ const MaxFileSize = 1 << 20
 // ErrTooLarge is returned for inputs above MaxFileSize.
 var ErrTooLarge = errors.New("larger than 1 MiB: not a CA file")
 
-// ReadFile reads a CA file of at most MaxFileSize bytes.
+// ReadFile reads a CA file of at most MaxFileSize bytes. Only a regular file
+// (or a symlink to one, as in a Secret volume) is read: a FIFO, device or
+// socket is refused at once by name, before a single byte is read, so that
+// meshca never blocks on a path that is not a file.
 func ReadFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO without a writer would otherwise block
+	// before the type could be checked.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = f.Close() }()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is %s, not a regular file: give the path of a PEM file: %w", path, FileKind(st.Mode()), ErrNotRegular)
+	}
 	return ReadAll(path, f)
+}
+
+// ErrNotRegular is returned by ReadFile for anything but a regular file.
+var ErrNotRegular = errors.New("not a regular file")
+
+// FileKind names the type of a file mode for errors ("a named pipe (FIFO)").
+func FileKind(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "a regular file"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return "an irregular file"
 }
 
 // ReadAll reads at most MaxFileSize bytes from r; name is used in errors.
@@ -124,7 +164,7 @@ func ParseCertificateFile(path string) ([]*x509.Certificate, error) {
 // IsPrivateKeyBlock reports whether a PEM block type holds a private key.
 func IsPrivateKeyBlock(typ string) bool {
 	switch typ {
-	case "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY":
+	case "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY", "DSA PRIVATE KEY":
 		return true
 	}
 	return false
@@ -139,6 +179,11 @@ func ParseKeyBlock(name string, b Block) (crypto.Signer, error) {
 	switch b.Type {
 	case "PRIVATE KEY":
 		key, err = x509.ParsePKCS8PrivateKey(b.Bytes)
+		if err != nil && pkcs8Algorithm(b.Bytes).Equal(oidDSA) {
+			return nil, unsupportedKey(name, b, "DSA")
+		}
+	case "DSA PRIVATE KEY":
+		return nil, unsupportedKey(name, b, "DSA")
 	case "RSA PRIVATE KEY":
 		key, err = x509.ParsePKCS1PrivateKey(b.Bytes)
 	case "EC PRIVATE KEY":
@@ -160,6 +205,29 @@ func ParseKeyBlock(name string, b Block) (crypto.Signer, error) {
 		return k, nil
 	}
 	return nil, fmt.Errorf("%s: PEM block %d: unsupported private key type %T", name, b.Index, key)
+}
+
+// oidDSA is the algorithm identifier of a DSA key (RFC 3279).
+var oidDSA = asn1.ObjectIdentifier{1, 2, 840, 10040, 4, 1}
+
+// pkcs8Algorithm returns the key algorithm named in a PKCS#8 structure, or
+// nil when der is not one.
+func pkcs8Algorithm(der []byte) asn1.ObjectIdentifier {
+	var p struct {
+		Version int
+		Algo    pkix.AlgorithmIdentifier
+		Key     []byte
+	}
+	if _, err := asn1.Unmarshal(der, &p); err != nil {
+		return nil
+	}
+	return p.Algo.Algorithm
+}
+
+// unsupportedKey is the error for a private key of an algorithm istiod
+// cannot use, named by its real name.
+func unsupportedKey(name string, b Block, alg string) error {
+	return fmt.Errorf("%s: PEM block %d is a %s private key: istiod (Go crypto/x509) cannot sign with %s; use an RSA 2048-4096 or ECDSA P-256/P-384 CA (meshca ca root / meshca ca intermediate --key-type)", name, b.Index, alg, alg)
 }
 
 // ParseKey parses a file holding exactly one private key.

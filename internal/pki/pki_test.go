@@ -220,11 +220,7 @@ func TestInspectMatchesKeysWithoutRevealingThem(t *testing.T) {
 	other := pkitest.Root(t, pki.ECDSAP256)
 	key, _ := pki.EncodeKey(root.Key)
 	otherKey, _ := pki.EncodeKey(other.Key)
-	files := map[string][]byte{"cert.pem": pki.EncodeCert(root.Cert), "key.pem": key, "lonely.pem": otherKey}
-	items, err := pki.Inspect(files, []string{"cert.pem", "key.pem", "lonely.pem"}, pkitest.Now)
-	if err != nil {
-		t.Fatal(err)
-	}
+	items := pki.Inspect([]pki.Input{{Name: "cert.pem", Data: pki.EncodeCert(root.Cert)}, {Name: "key.pem", Data: key}, {Name: "lonely.pem", Data: otherKey}}, pkitest.Now)
 	if len(items) != 3 {
 		t.Fatalf("got %d items, want 3", len(items))
 	}

@@ -28,34 +28,10 @@ import (
 // Deployment whose new pods cannot be scheduled times out saying what is
 // pending.
 func TestRestartAndWaitOnARealControlPlane(t *testing.T) {
-	bin, err := cluster.FindBinDir()
-	if err != nil {
-		t.Fatalf("find bin dir: %v", err)
-	}
-	cfg := cluster.Config{Dir: t.TempDir(), BinDir: bin, Logf: t.Logf}
-	if missing := cfg.Missing(); len(missing) > 0 {
-		msg := fmt.Sprintf("control-plane binaries not built (missing %s); run hack/controlplane.sh", strings.Join(missing, ", "))
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-
+	c := startControlPlane(ctx, t)
 	began := time.Now()
-	c, err := cluster.Start(ctx, cfg)
-	if err != nil {
-		t.Fatalf("start control plane: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := c.Stop(); err != nil {
-			t.Errorf("stop control plane: %v", err)
-		}
-	})
-	t.Cleanup(func() { logTailsOnFailure(t, c) })
-	t.Logf("control plane started in %v", since(began))
-	began = time.Now()
 	const nodes = 3
 	if err := c.AddNodes(ctx, nodes, "kwok-node"); err != nil {
 		t.Fatalf("add nodes: %v", err)
@@ -311,6 +287,38 @@ func containsAll(pods, want []corev1.Pod) bool {
 		}
 	}
 	return true
+}
+
+// startControlPlane starts etcd, kube-apiserver, controller-manager,
+// scheduler and kwok for the test (skipping without binaries, failing under
+// CI=true) and stops them when it ends.
+func startControlPlane(ctx context.Context, t *testing.T) *cluster.Cluster {
+	t.Helper()
+	bin, err := cluster.FindBinDir()
+	if err != nil {
+		t.Fatalf("find bin dir: %v", err)
+	}
+	cfg := cluster.Config{Dir: t.TempDir(), BinDir: bin, Logf: t.Logf}
+	if missing := cfg.Missing(); len(missing) > 0 {
+		msg := fmt.Sprintf("control-plane binaries not built (missing %s); run make controlplane", strings.Join(missing, ", "))
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	began := time.Now()
+	c, err := cluster.Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("start control plane: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("stop control plane: %v", err)
+		}
+	})
+	t.Cleanup(func() { logTailsOnFailure(t, c) })
+	t.Logf("control plane started in %v", since(began))
+	return c
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(time.Millisecond) }

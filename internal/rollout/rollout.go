@@ -80,6 +80,9 @@ type Options struct {
 	// Now is the clock RestartAndWait stamps restarts with; nil means
 	// time.Now.
 	Now func() time.Time
+	// HealthInterval is the pause between API server health checks during a
+	// Wait (kube.MonitorAPI); zero means its default, negative disables them.
+	HealthInterval time.Duration
 }
 
 // Restart does what `kubectl rollout restart` does: it sets the pod template

@@ -18,6 +18,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 	"k8s.io/kubectl/pkg/polymorphichelpers"
+
+	"github.com/meshca/meshca/internal/kube"
 )
 
 // TimeoutError is returned by Wait when Options.Timeout expires before the
@@ -62,15 +64,22 @@ const noStatus = "no rollout status received yet"
 // status viewer reports an error (e.g. a Deployment's progress deadline was
 // exceeded, or a DaemonSet uses OnDelete), and when opts.Timeout or ctx
 // expires; every error names ref, and a timeout is a *TimeoutError with the
-// last status message.
+// last status message. Meanwhile the API server is health-checked
+// (kube.MonitorAPI): when it is lost, Wait returns within seconds with a
+// *kube.APIUnreachableError naming it, not a rollout timeout minutes later.
 func Wait(ctx context.Context, client kubernetes.Interface, ref Ref, opts Options) error {
 	kind, err := ref.kind()
 	if err != nil {
 		return err
 	}
+	if opts.HealthInterval >= 0 {
+		var stop context.CancelFunc
+		ctx, stop = kube.MonitorAPI(ctx, client, kube.HealthOptions{Interval: opts.HealthInterval})
+		defer stop()
+	}
 	start, err := get(ctx, client, ref, kind)
 	if err != nil {
-		return fmt.Errorf("wait for rollout of %s: %w", ref, err)
+		return fmt.Errorf("wait for rollout of %s: %w", ref, kube.UnreachableCause(ctx, err))
 	}
 	minGeneration, uid := start.GetGeneration(), start.GetUID()
 

@@ -237,6 +237,9 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 	if err := bundle.Validate(st.cur, now); err != nil {
 		return fmt.Errorf("cluster %s: the current cacerts is not valid, refusing to rotate from it: %w", st.c.Name, err)
 	}
+	if err := checkNewCA(st.c, e.opts.Root, now); err != nil {
+		return err
+	}
 	name, err := st.s.backup(ctx, st.cur)
 	if err != nil {
 		return err
@@ -260,8 +263,8 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 			}
 		}
 	}
-	if err := bundle.Validate(next, now); err != nil {
-		return fmt.Errorf("cluster %s: the new CA bundle is not valid: %w", st.c.Name, err)
+	if err := bundle.ValidateNew(next, now); err != nil {
+		return fmt.Errorf("cluster %s: the new CA bundle is not valid, nothing was changed: %w", st.c.Name, err)
 	}
 	if err := st.s.writeNext(ctx, next); err != nil {
 		return err
@@ -335,6 +338,11 @@ func expectation(r *Record, p Phase, rootPEM []byte) verify.Expectation {
 // facts.md §5, multi-cluster).
 func (e *Engine) Run(ctx context.Context) error {
 	e.started = e.opts.Now()
+	ctx, unlock, err := e.lockClusters(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	states := make([]*state, len(e.clusters))
 	for i, c := range e.clusters {
 		st, err := e.load(ctx, c, true)

@@ -17,6 +17,11 @@ import (
 // CA would strand them all.
 func (e *Engine) Rollback(ctx context.Context) error {
 	e.started = e.opts.Now()
+	ctx, unlock, err := e.lockClusters(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	for _, c := range e.clusters {
 		if err := e.rollback(ctx, c); err != nil {
 			return fmt.Errorf("cluster %s: %w", c.Name, err)

@@ -141,7 +141,7 @@ func (s store) readCACerts(ctx context.Context) (*bundle.Bundle, string, error) 
 	sec, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, CACertsSecret, metav1.GetOptions{})
 	if err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, "", fmt.Errorf("secret %s/%s not found: istiod uses its self-signed CA; a rotation needs a plug-in CA (create cacerts with `meshca ca intermediate` output, then restart istiod)", s.namespace, CACertsSecret)
+			return nil, "", s.noCACerts(ctx)
 		}
 		return nil, "", fmt.Errorf("read secret %s/%s: %w", s.namespace, CACertsSecret, err)
 	}

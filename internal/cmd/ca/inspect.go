@@ -2,8 +2,10 @@ package ca
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,7 +28,12 @@ itself (root: self-signed CA; intermediate: other CA; leaf), subject, issuer,
 serial as istioctl prints it, SHA-256 fingerprint, validity and key.
 
 Private keys are recognised and reported as "private key (matches cert X)";
-their contents are never printed.`,
+their contents are never printed. A certificate whose signature does not
+verify (with its own key if self-issued, else with the key of its issuer when
+that issuer is among the files given) is flagged BROKEN SIGNATURE.
+
+A file that cannot be read or parsed (a looping symlink, a FIFO, a DSA key)
+is listed with its error and the listing goes on; the exit code is then 1.`,
 		Example: `  meshca ca inspect ./ca/east
   kubectl get secret cacerts -n istio-system -o jsonpath='{.data.root-cert\.pem}' | base64 -d | meshca ca inspect -`,
 		Args: cobra.MinimumNArgs(1),
@@ -35,18 +42,23 @@ their contents are never printed.`,
 			if err != nil {
 				return cli.Exit(cli.ExitUsage, err)
 			}
-			files, order, err := readInputs(env, args)
+			inputs, err := readInputs(env, args)
 			if err != nil {
 				return err
 			}
-			items, err := pki.Inspect(files, order, env.Now())
-			if err != nil {
-				return err
-			}
+			items := pki.Inspect(inputs, env.Now())
 			if format.Structured() {
-				return report.Encode(env.Streams.Out, format, map[string]any{"items": items})
+				err = report.Encode(env.Streams.Out, format, map[string]any{"items": items})
+			} else {
+				err = printInspect(env, items, format == report.Wide)
 			}
-			return printInspect(env, items, format == report.Wide)
+			if err != nil {
+				return err
+			}
+			if slices.ContainsFunc(items, pki.Item.Failed) {
+				return cli.Silent(cli.ExitFailure)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, wide, json or yaml")
@@ -54,63 +66,65 @@ their contents are never printed.`,
 }
 
 // readInputs reads the named files, the regular files of named directories
-// (skipping files that hold no PEM) and "-" (stdin).
-func readInputs(env *cli.Env, args []string) (map[string][]byte, []string, error) {
-	files := map[string][]byte{}
-	var order []string
-	add := func(name string, data []byte) {
-		if _, ok := files[name]; !ok {
-			order = append(order, name)
+// (skipping hidden files and files that hold no PEM) and "-" (stdin). What
+// cannot be read (a looping symlink, a FIFO, a permission error) becomes an
+// input with its error, so the listing names it and goes on.
+func readInputs(env *cli.Env, args []string) ([]pki.Input, error) {
+	var inputs []pki.Input
+	seen := map[string]bool{}
+	add := func(in pki.Input) {
+		if !seen[in.Name] {
+			seen[in.Name] = true
+			inputs = append(inputs, in)
 		}
-		files[name] = data
 	}
 	for _, a := range args {
 		if a == "-" {
 			data, err := pki.ReadAll("stdin", env.Streams.In)
 			if err != nil {
-				return nil, nil, err
+				return nil, err
 			}
-			add("stdin", data)
+			add(pki.Input{Name: "stdin", Data: data})
 			continue
 		}
 		st, err := os.Stat(a)
-		if err != nil {
-			return nil, nil, err
-		}
-		if !st.IsDir() {
-			data, err := pki.ReadFile(a)
-			if err != nil {
-				return nil, nil, err
-			}
-			add(a, data)
+		if err != nil || !st.IsDir() {
+			data, rerr := pki.ReadFile(a)
+			add(pki.Input{Name: a, Data: data, Err: rerr})
 			continue
 		}
 		entries, err := os.ReadDir(a)
 		if err != nil {
-			return nil, nil, err
+			add(pki.Input{Name: a, Err: err})
+			continue
 		}
 		sort.Slice(entries, func(i, j int) bool { return entries[i].Name() < entries[j].Name() })
 		found := false
 		for _, e := range entries {
-			if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), ".") {
+			if e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 				continue
 			}
 			p := filepath.Join(a, e.Name())
 			data, err := pki.ReadFile(p)
 			if err != nil {
-				return nil, nil, err
+				if e.Type()&fs.ModeSymlink != 0 {
+					err = fmt.Errorf("symbolic link %s cannot be followed: %w", p, err)
+				}
+				add(pki.Input{Name: p, Err: err})
+				found = true
+				continue
 			}
 			if !strings.Contains(string(data), "-----BEGIN") {
 				continue
 			}
-			add(p, data)
+			add(pki.Input{Name: p, Data: data})
 			found = true
 		}
 		if !found {
-			return nil, nil, fmt.Errorf("%s: no PEM files found", a)
+			return nil, fmt.Errorf("%s: no PEM files found", a)
 		}
 	}
-	return files, order, nil
+	return inputs, nil
 }
 
 func printInspect(env *cli.Env, items []pki.Item, wide bool) error {
@@ -135,7 +149,11 @@ func printInspect(env *cli.Env, items []pki.Item, wide bool) error {
 					ca += " pathlen:" + strconv.Itoa(*c.MaxPathLen)
 				}
 			}
-			row := []string{it.File, strconv.Itoa(it.Block), string(c.Role), c.Subject, c.Issuer, c.Serial, fp,
+			role := string(c.Role)
+			if it.SignatureError != "" {
+				role += " BROKEN SIGNATURE: " + it.SignatureError
+			}
+			row := []string{it.File, strconv.Itoa(it.Block), role, c.Subject, c.Issuer, c.Serial, fp,
 				c.NotBefore.Format(ts), c.NotAfter.Format(ts), strconv.Itoa(c.DaysLeft), c.KeyType, ca}
 			if wide {
 				row = append(row, strings.Join(c.SANs, ","))
@@ -152,7 +170,7 @@ func printInspect(env *cli.Env, items []pki.Item, wide bool) error {
 			}
 			t.Row(row...)
 		default:
-			row := []string{it.File, strconv.Itoa(it.Block), it.Error, "-", "-", "-", "-", "-", "-", "-", "-", "-"}
+			row := []string{it.File, blockColumn(it.Block), it.Error, "-", "-", "-", "-", "-", "-", "-", "-", "-"}
 			if wide {
 				row = append(row, "-")
 			}
@@ -160,4 +178,12 @@ func printInspect(env *cli.Env, items []pki.Item, wide bool) error {
 		}
 	}
 	return t.Flush()
+}
+
+// blockColumn is the "#" column: "-" for an error about a whole file.
+func blockColumn(n int) string {
+	if n == 0 {
+		return "-"
+	}
+	return strconv.Itoa(n)
 }

@@ -44,6 +44,9 @@ written.`,
 			if o.root == "" || o.cluster == "" || o.out == "" {
 				return cli.Usage("--root, --cluster and --out are required")
 			}
+			if o.days < 1 {
+				return cli.Usage("--days %d: the validity must be at least 1 day", o.days)
+			}
 			if filepath.Base(o.cluster) != o.cluster || o.cluster == "." || o.cluster == ".." {
 				return cli.Usage("--cluster %q must be a plain name (it becomes a directory)", o.cluster)
 			}
@@ -65,7 +68,7 @@ written.`,
 			}
 			dir := filepath.Join(o.out, o.cluster)
 			b.Source = dir
-			if err := bundle.Validate(b, now); err != nil {
+			if err := bundle.ValidateNew(b, now); err != nil {
 				return fmt.Errorf("generated bundle failed verification (not written): %w", err)
 			}
 			if err := b.Write(dir, o.force); err != nil {

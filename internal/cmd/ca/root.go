@@ -40,6 +40,9 @@ meshca only ever puts intermediates into cacerts.`,
 			if o.out == "" {
 				return cli.Usage("--out is required")
 			}
+			if o.days < 1 {
+				return cli.Usage("--days %d: the validity must be at least 1 day", o.days)
+			}
 			root, err := pki.NewRoot(pki.RootOptions{KeyType: kt, CommonName: o.cn, Organization: o.org, Days: o.days, Now: env.Now()})
 			if err != nil {
 				return err

@@ -16,11 +16,14 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/kube"
 	"github.com/meshca/meshca/internal/mesh"
+	"github.com/meshca/meshca/internal/proxy"
 	"github.com/meshca/meshca/internal/report"
 	fleet "github.com/meshca/meshca/internal/verify"
 )
@@ -248,6 +251,9 @@ func (o *options) expectation(ctx context.Context, cs kubernetes.Interface, name
 		return o.flagExpectation()
 	}
 	ca, err := mesh.ReadCA(ctx, cs, namespace)
+	if apierrors.IsForbidden(err) {
+		return o.publicExpectation(ctx, cs, namespace, err)
+	}
 	if errors.Is(err, mesh.ErrNotFound) {
 		return fleet.Expectation{}, fmt.Errorf("%w: nothing to verify against; pass --expect-roots (and --expect-signer), or -n with the Istio namespace", err)
 	}
@@ -257,6 +263,33 @@ func (o *options) expectation(ctx context.Context, cs kubernetes.Interface, name
 	exp := fleet.ExpectationFromCA(ca)
 	exp.AllowExtraRoots = o.allowExtra
 	exp.WarnDays = o.warnDays
+	return exp, nil
+}
+
+// publicExpectation is the expectation without read access to Secrets: the
+// roots istiod publishes in the istio-ca-root-cert ConfigMap of its
+// namespace (the exact root-cert.pem bytes, facts §1). The signer of the
+// leaves cannot be known from public objects, so it is not checked, and
+// the command says so.
+func (o *options) publicExpectation(ctx context.Context, cs kubernetes.Interface, namespace string, forbidden error) (fleet.Expectation, error) {
+	cm, err := cs.CoreV1().ConfigMaps(namespace).Get(ctx, proxy.RootConfigMapName, metav1.GetOptions{})
+	if err != nil {
+		return fleet.Expectation{}, errors.Join(forbidden, fmt.Errorf("read configmap %s/%s: %w", namespace, proxy.RootConfigMapName, err))
+	}
+	root, err := proxy.ReadRootConfigMap(cm)
+	if err != nil {
+		return fleet.Expectation{}, errors.Join(forbidden, err)
+	}
+	exp := fleet.Expectation{
+		Source:          fmt.Sprintf("configmap %s/%s", namespace, proxy.RootConfigMapName),
+		Roots:           root.Trust().Roots,
+		RootCertSHA256:  (&mesh.RootConfigMap{Data: root.Data}).DataSHA256(),
+		AllowExtraRoots: o.allowExtra,
+	}
+	if !o.quiet {
+		_, _ = fmt.Fprintf(o.env.Streams.ErrOut, "Warning: no access to secret %s/%s: checking trust against %s; the signer of the workload certificates is not checked (pass --expect-signer, or grant get on that secret)\n",
+			namespace, mesh.CACertsSecret, exp.Source)
+	}
 	return exp, nil
 }
 

@@ -1,0 +1,241 @@
+package rotate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+)
+
+// LockName is the Lease in the Istio namespace that makes one rotation at a
+// time per cluster: a second `meshca rotate` sees it before it writes
+// anything.
+const LockName = "meshca-rotation-lock"
+
+// lockRootAnnotation records on the Lease the root the holder rotates to.
+const lockRootAnnotation = "meshca.io/new-root"
+
+// Lock timing: the holder renews every lockRenew; a holder that stopped
+// renewing (crashed, killed, lost its network) is taken over lockDuration
+// after its last renewal.
+const (
+	lockDuration = 30 * time.Second
+	lockRenew    = 10 * time.Second
+)
+
+// ErrLocked is wrapped by the error of a rotation refused because another
+// one holds the cluster's lock.
+var ErrLocked = errors.New("another meshca rotation is running on this cluster")
+
+// ErrLockLost is the cause of the context of a rotation whose lock was taken
+// over or could not be renewed: it stops before its next write.
+var ErrLockLost = errors.New("the rotation lock was lost")
+
+// lock is a held Lease.
+type lock struct {
+	client    kubernetes.Interface
+	namespace string
+	holder    string
+}
+
+// holderID names this process for the Lease: host, pid and a random suffix.
+func holderID() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s/%d/%s", host, os.Getpid(), rand.String(6))
+}
+
+// deadLocalHolder reports whether holder names a process of this host that
+// no longer exists (a run killed or crashed here): its lock can be taken over
+// at once instead of after lockDuration, so a re-run resumes right away.
+func deadLocalHolder(holder string) bool {
+	host, _ := os.Hostname()
+	parts := strings.Split(holder, "/")
+	if len(parts) != 3 || parts[0] != host {
+		return false
+	}
+	pid, err := strconv.Atoi(parts[1])
+	if err != nil || pid <= 0 || pid == os.Getpid() {
+		return false
+	}
+	return !processAlive(pid)
+}
+
+// acquireLock takes the rotation Lease of namespace for holder, rotating to
+// root (a fingerprint, may be empty). A Lease held by another holder and
+// renewed within its duration refuses with ErrLocked, naming the holder;
+// an expired one is taken over with optimistic concurrency, so of two runs
+// taking it over at once only one wins.
+func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, holder, root string, now time.Time) (*lock, error) {
+	leases := client.CoordinationV1().Leases(namespace)
+	l := &lock{client: client, namespace: namespace, holder: holder}
+	cur, err := leases.Get(ctx, LockName, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		lease := &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: LockName, Namespace: namespace, Annotations: map[string]string{lockRootAnnotation: root}},
+			Spec:       leaseSpec(holder, now, now),
+		}
+		if _, err := leases.Create(ctx, lease, metav1.CreateOptions{}); err != nil {
+			if apierrors.IsAlreadyExists(err) {
+				return nil, fmt.Errorf("lease %s/%s: %w: it was taken a moment ago; run meshca status", namespace, LockName, ErrLocked)
+			}
+			return nil, fmt.Errorf("create lease %s/%s: %w", namespace, LockName, err)
+		}
+		return l, nil
+	case err != nil:
+		return nil, fmt.Errorf("read lease %s/%s: %w", namespace, LockName, err)
+	}
+	if h := ptr.Deref(cur.Spec.HolderIdentity, ""); h != "" && h != holder && !expired(cur, now) && !deadLocalHolder(h) {
+		renewed := now.Sub(cur.Spec.RenewTime.Time).Round(time.Second)
+		return nil, fmt.Errorf("lease %s/%s: %w: held by %s (rotating to root %.12s, renewed %s ago, taken over %s after its last renewal if it stops); wait for it to finish, nothing was changed",
+			namespace, LockName, ErrLocked, h, cur.Annotations[lockRootAnnotation], renewed, lockDuration)
+	}
+	cur = cur.DeepCopy()
+	acquired := now
+	if ptr.Deref(cur.Spec.HolderIdentity, "") == holder && cur.Spec.AcquireTime != nil {
+		acquired = cur.Spec.AcquireTime.Time
+	}
+	cur.Spec = leaseSpec(holder, acquired, now)
+	if cur.Annotations == nil {
+		cur.Annotations = map[string]string{}
+	}
+	cur.Annotations[lockRootAnnotation] = root
+	if _, err := leases.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		if apierrors.IsConflict(err) {
+			return nil, fmt.Errorf("lease %s/%s: %w: another run took it over at the same moment; run meshca status", namespace, LockName, ErrLocked)
+		}
+		return nil, fmt.Errorf("take over lease %s/%s: %w", namespace, LockName, err)
+	}
+	return l, nil
+}
+
+func leaseSpec(holder string, acquired, renewed time.Time) coordinationv1.LeaseSpec {
+	return coordinationv1.LeaseSpec{
+		HolderIdentity:       ptr.To(holder),
+		LeaseDurationSeconds: ptr.To(int32(lockDuration / time.Second)),
+		AcquireTime:          &metav1.MicroTime{Time: acquired},
+		RenewTime:            &metav1.MicroTime{Time: renewed},
+	}
+}
+
+// expired reports whether a Lease's holder stopped renewing it.
+func expired(l *coordinationv1.Lease, now time.Time) bool {
+	if l.Spec.RenewTime == nil {
+		return true
+	}
+	d := time.Duration(ptr.Deref(l.Spec.LeaseDurationSeconds, int32(lockDuration/time.Second))) * time.Second
+	return now.After(l.Spec.RenewTime.Add(d))
+}
+
+// renew extends the Lease, only while this holder still holds it.
+func (l *lock) renew(ctx context.Context, now time.Time) error {
+	leases := l.client.CoordinationV1().Leases(l.namespace)
+	cur, err := leases.Get(ctx, LockName, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("renew lease %s/%s: %w", l.namespace, LockName, err)
+	}
+	if h := ptr.Deref(cur.Spec.HolderIdentity, ""); h != l.holder {
+		return fmt.Errorf("lease %s/%s is now held by %s: %w", l.namespace, LockName, h, ErrLockLost)
+	}
+	cur = cur.DeepCopy()
+	cur.Spec.RenewTime = &metav1.MicroTime{Time: now}
+	if _, err := leases.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("renew lease %s/%s: %w", l.namespace, LockName, err)
+	}
+	return nil
+}
+
+// release deletes the Lease if this holder still holds it (with its
+// resourceVersion as precondition, so a takeover is never deleted).
+func (l *lock) release(ctx context.Context) error {
+	leases := l.client.CoordinationV1().Leases(l.namespace)
+	cur, err := leases.Get(ctx, LockName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("release lease %s/%s: %w", l.namespace, LockName, err)
+	}
+	if ptr.Deref(cur.Spec.HolderIdentity, "") != l.holder {
+		return nil
+	}
+	err = leases.Delete(ctx, LockName, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &cur.ResourceVersion}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("release lease %s/%s: %w", l.namespace, LockName, err)
+	}
+	return nil
+}
+
+// lockClusters takes the rotation lock of every cluster before anything is
+// written, and keeps renewing them. The returned context is cancelled with
+// ErrLockLost when a lock cannot be renewed twice in a row; unlock stops
+// renewing and releases every lock.
+func (e *Engine) lockClusters(ctx context.Context) (context.Context, func(), error) {
+	holder := holderID()
+	var held []*lock
+	unlockAll := func() {
+		// Release even when ctx is cancelled (Ctrl-C): a fresh context,
+		// bounded.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		for _, l := range held {
+			if err := l.release(rctx); err != nil {
+				e.logf("%v", err)
+			}
+		}
+	}
+	for _, c := range e.clusters {
+		l, err := acquireLock(ctx, c.Client, c.Namespace, holder, e.newRoot(c), e.opts.Now())
+		if err != nil {
+			unlockAll()
+			return nil, nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+		}
+		held = append(held, l)
+	}
+	lctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(lockRenew)
+		defer t.Stop()
+		failures := map[*lock]int{}
+		for {
+			select {
+			case <-done:
+				return
+			case <-lctx.Done():
+				return
+			case <-t.C:
+			}
+			for _, l := range held {
+				err := l.renew(lctx, e.opts.Now())
+				switch {
+				case err == nil:
+					failures[l] = 0
+				case errors.Is(err, ErrLockLost):
+					cancel(err)
+					return
+				default:
+					if failures[l]++; failures[l] >= 2 {
+						cancel(fmt.Errorf("%w: %w", ErrLockLost, err))
+						return
+					}
+				}
+			}
+		}
+	}()
+	return lctx, func() {
+		close(done)
+		unlockAll()
+		cancel(context.Canceled)
+	}, nil
+}
