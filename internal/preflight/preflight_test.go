@@ -463,7 +463,11 @@ func TestZtunnelVersions(t *testing.T) {
 		"1.23 trusts one root":         {image: "ztunnel:1.23.4-distroless", roots: StatusError},
 		"1.26.0 trusts several":        {image: "docker.io/istio/ztunnel:1.26.0", roots: StatusOK, reload: "ztunnel 1.26.0 loads istiod's root only at start"},
 		"1.28.1-distroless":            {image: "docker.io/istio/ztunnel:1.28.1-distroless", roots: StatusOK, reload: "the rotation restarts ztunnel"},
-		"1.30.0 reloads istiod's root": {image: "docker.io/istio/ztunnel:1.30.0", roots: StatusOK, reload: "ztunnel 1.30.0 re-reads istiod's root when istio-ca-root-cert changes (ztunnel#1775)"},
+		"1.30.0 reloads istiod's root": {image: "docker.io/istio/ztunnel:1.30.0", roots: StatusOK, reload: "ztunnel 1.30.0 re-reads istiod's root when istio-ca-root-cert changes (CA_CERT_WATCHER, ztunnel#1775)"},
+		"1.28.6 has CA_CERT_WATCHER":   {image: "docker.io/istio/ztunnel:1.28.6", roots: StatusOK, reload: "ztunnel 1.28.6 re-reads istiod's root"},
+		"1.28.5 has not":               {image: "docker.io/istio/ztunnel:1.28.5", roots: StatusOK, reload: "ztunnel 1.28.5 loads istiod's root only at start (CA_CERT_WATCHER came with 1.28.6, 1.29.2 and 1.30.0)"},
+		"1.29.1 has not":               {image: "docker.io/istio/ztunnel:1.29.1", roots: StatusOK, reload: "loads istiod's root only at start"},
+		"1.29.2 has CA_CERT_WATCHER":   {image: "docker.io/istio/ztunnel:1.29.2", roots: StatusOK, reload: "re-reads"},
 		"a 2.x ztunnel is new enough":  {image: "ztunnel:2.0.0", roots: StatusOK, reload: "re-reads"},
 		"latest cannot be judged": {
 			image: "docker.io/istio/ztunnel:latest", roots: StatusWarning,

@@ -1,7 +1,6 @@
 package rotate
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"time"
@@ -11,7 +10,6 @@ import (
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/report"
 	"github.com/meshca/meshca/internal/rotate"
-	"github.com/meshca/meshca/internal/sandbox"
 )
 
 // NewStatusCmd returns `meshca status`.
@@ -119,22 +117,10 @@ them; rotate to the old CA instead.`,
 			if !yes && !confirm(env.Streams.In, env.Streams.ErrOut, "Roll back to the backed-up CA?") {
 				return cli.Exit(cli.ExitFailure, fmt.Errorf("aborted: nothing was changed"))
 			}
-			return rotate.New(clusters, rotate.Options{Progress: env.Streams.ErrOut, Now: env.Now}).Rollback(cmd.Context())
+			return rotate.New(clusters, rotate.Options{Observer: &textObserver{w: env.Streams.ErrOut}, Now: env.Now}).Rollback(cmd.Context())
 		},
 	}
 	cf.add(cmd)
 	cmd.Flags().BoolVar(&yes, "yes", false, "do not ask for confirmation")
 	return cmd
-}
-
-type sandboxProbe struct {
-	Handshakes, Failures int64
-}
-
-func readProbe(ctx context.Context, dir string) *sandboxProbe {
-	snap, err := sandbox.FetchProbe(ctx, dir, false)
-	if err != nil {
-		return nil
-	}
-	return &sandboxProbe{Handshakes: snap.Handshakes, Failures: snap.Failures}
 }
