@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/cli"
@@ -26,24 +25,25 @@ import (
 	"github.com/meshca/meshca/internal/rotate"
 )
 
-// clusterFlags selects the clusters: --context may be repeated.
-type clusterFlags struct {
-	contexts []string
+// multiContext marks cmd as taking the global --context once per cluster.
+func multiContext(cmd *cobra.Command) {
+	if cmd.Annotations == nil {
+		cmd.Annotations = map[string]string{}
+	}
+	cmd.Annotations[cli.AnnotationMultiContext] = "true"
 }
 
-func (f *clusterFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringArrayVar(&f.contexts, "context", nil, "kubeconfig context of a cluster; repeat for a multi-cluster mesh sharing one root")
-}
-
-// clusters connects to each selected cluster.
-func (f *clusterFlags) clusters(env *cli.Env, dirs map[string]*bundle.Bundle) ([]*rotate.Cluster, error) {
-	contexts := f.contexts
+// clusters connects to each cluster named by the global --context flags (the
+// current context when there is none), every one with all the other
+// kubeconfig overrides of the command line (--as, --token, --user, ...).
+func clusters(env *cli.Env, dirs map[string]*bundle.Bundle) ([]*rotate.Cluster, error) {
+	contexts := env.Contexts
 	if len(contexts) == 0 {
 		contexts = []string{""}
 	}
 	var out []*rotate.Cluster
 	for _, ctxName := range contexts {
-		flags := forContext(env.Kube, ctxName)
+		flags := kube.WithContext(env.Kube, ctxName)
 		client, err := kube.NewClient(flags)
 		if err != nil {
 			return nil, err
@@ -70,20 +70,7 @@ func (f *clusterFlags) clusters(env *cli.Env, dirs map[string]*bundle.Bundle) ([
 	return out, nil
 }
 
-// forContext copies the global kube flags with another context.
-func forContext(base *genericclioptions.ConfigFlags, context string) *genericclioptions.ConfigFlags {
-	f := genericclioptions.NewConfigFlags(true)
-	f.KubeConfig, f.Namespace = base.KubeConfig, base.Namespace
-	if context != "" {
-		f.Context = &context
-	} else {
-		f.Context = base.Context
-	}
-	return f
-}
-
 type rotateOptions struct {
-	clusterFlags
 	root, caDir, until, strategy, keyType, pace, output string
 	acceptDowntime, plan, yes, force                     bool
 	intermediateDays                                     int
@@ -172,7 +159,7 @@ fleet that did not converge (the lagging proxies are named); 2 usage error.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context(), env) },
 	}
-	o.add(cmd)
+	multiContext(cmd)
 	f := cmd.Flags()
 	f.StringVar(&o.root, "root", "", "directory of the new root (root-cert.pem, root-key.pem); meshca issues each cluster's intermediate under it and keeps it in DIR/<cluster>/")
 	f.StringVar(&o.caDir, "ca-dir", "", "bring your own: a bundle directory (ca-cert, ca-key, cert-chain, root-cert) signed by your PKI; with several clusters, DIR/<context>/ per cluster")
@@ -235,10 +222,10 @@ func (o *rotateOptions) run(ctx context.Context, env *cli.Env) error {
 			return err
 		}
 		opts.RootDir = o.root
-	} else if dirs, err = loadCADirs(o.caDir, o.contexts); err != nil {
+	} else if dirs, err = loadCADirs(o.caDir, env.Contexts); err != nil {
 		return err
 	}
-	clusters, err := o.clusters(env, dirs)
+	clusters, err := clusters(env, dirs)
 	if err != nil {
 		return err
 	}

@@ -15,7 +15,6 @@ import (
 // NewStatusCmd returns `meshca status`.
 func NewStatusCmd(env *cli.Env) *cobra.Command {
 	var (
-		cf     clusterFlags
 		output string
 	)
 	cmd := &cobra.Command{
@@ -36,7 +35,7 @@ JSON: {"clusters":[{"context", "phase", "backupSecret", "oldRoots":[fp],
 			if err != nil {
 				return cli.Exit(cli.ExitUsage, err)
 			}
-			clusters, err := cf.clusters(env, nil)
+			clusters, err := clusters(env, nil)
 			if err != nil {
 				return err
 			}
@@ -53,7 +52,7 @@ JSON: {"clusters":[{"context", "phase", "backupSecret", "oldRoots":[fp],
 			return nil
 		},
 	}
-	cf.add(cmd)
+	multiContext(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, json or yaml")
 	return cmd
 }
@@ -96,7 +95,6 @@ func printStatus(env *cli.Env, s rotate.ClusterStatus) {
 // NewRollbackCmd returns `meshca rollback`.
 func NewRollbackCmd(env *cli.Env) *cobra.Command {
 	var (
-		cf  clusterFlags
 		yes bool
 	)
 	cmd := &cobra.Command{
@@ -110,7 +108,7 @@ proxy then trusts only the new root, and restoring the old CA would strand
 them; rotate to the old CA instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			clusters, err := cf.clusters(env, nil)
+			clusters, err := clusters(env, nil)
 			if err != nil {
 				return err
 			}
@@ -120,7 +118,7 @@ them; rotate to the old CA instead.`,
 			return rotate.New(clusters, rotate.Options{Observer: &textObserver{w: env.Streams.ErrOut}, Now: env.Now}).Rollback(cmd.Context())
 		},
 	}
-	cf.add(cmd)
+	multiContext(cmd)
 	cmd.Flags().BoolVar(&yes, "yes", false, "do not ask for confirmation")
 	return cmd
 }
