@@ -66,7 +66,7 @@ func TestUnitNeedsRotation(t *testing.T) {
 		start bool
 		why   string
 	}{
-		"no CA named":                                 {done, target{}, false, "no new CA given"},
+		"no CA named": {done, target{}, false, "no new CA given"},
 		"same root, same intermediate: nothing to do": {done, target{Root: "B", Signer: "sB"}, false, "already signs"},
 		"same root, meshca to issue: nothing to do":   {done, target{Root: "B"}, false, "already signs"},
 		"same root, new intermediate: renewal":        {done, target{Root: "B", Signer: "sB2"}, true, "wanted intermediate"},

@@ -72,11 +72,11 @@ func clusters(env *cli.Env, dirs map[string]*bundle.Bundle) ([]*rotate.Cluster, 
 
 type rotateOptions struct {
 	root, caDir, until, strategy, keyType, pace, output string
-	acceptDowntime, plan, yes, force                     bool
-	intermediateDays                                     int
-	reloadTimeout, rolloutTimeout                        time.Duration
-	verifyTimeout                                        time.Duration
-	sandboxDir                                           string
+	acceptDowntime, plan, yes, force                    bool
+	intermediateDays                                    int
+	reloadTimeout, rolloutTimeout                       time.Duration
+	verifyTimeout                                       time.Duration
+	sandboxDir                                          string
 }
 
 // NewCmd returns `meshca rotate`.
