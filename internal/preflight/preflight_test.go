@@ -12,8 +12,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -705,7 +705,7 @@ func TestZtunnelUpdateStrategy(t *testing.T) {
 		strategy appsv1.DaemonSetUpdateStrategy
 		want     Status
 	}{
-		"the chart's maxSurge 1, maxUnavailable 0": {appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType, RollingUpdate: &appsv1.RollingUpdateDaemonSet{MaxSurge: is(1), MaxUnavailable: is(0)}}, StatusOK},
+		"the chart's maxSurge 1, maxUnavailable 0":  {appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType, RollingUpdate: &appsv1.RollingUpdateDaemonSet{MaxSurge: is(1), MaxUnavailable: is(0)}}, StatusOK},
 		"the API defaults (surge 0, unavailable 1)": {appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType}, StatusWarning},
 		"surge with pods unavailable":               {appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType, RollingUpdate: &appsv1.RollingUpdateDaemonSet{MaxSurge: is(1), MaxUnavailable: pct("10%")}}, StatusWarning},
 		"zero percent unavailable with surge":       {appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType, RollingUpdate: &appsv1.RollingUpdateDaemonSet{MaxSurge: pct("25%"), MaxUnavailable: pct("0%")}}, StatusOK},
