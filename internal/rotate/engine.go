@@ -36,6 +36,9 @@ type Cluster struct {
 	Namespace string
 	// Verifier proves what the fleet holds.
 	Verifier Verifier
+	// Istiods asks each istiod replica which chain it serves; nil skips
+	// the per-replica gates.
+	Istiods IstiodReader
 	// CA, when set, is this cluster's own new signing bundle (--ca-dir);
 	// otherwise meshca issues an intermediate under Options.Root.
 	CA *bundle.Bundle
@@ -433,7 +436,9 @@ func shortFPs(fps []string) []string {
 // NewCluster is a cluster reached through client, whose fleet is proven by
 // reading every proxy through port-forwards (verify.Live).
 func NewCluster(name string, client *kube.Client, namespace string) *Cluster {
-	return &Cluster{Name: name, ClusterName: name, Client: client.Clientset, Namespace: namespace, Verifier: liveVerifier{client: client, namespace: namespace}}
+	return &Cluster{Name: name, ClusterName: name, Client: client.Clientset, Namespace: namespace,
+		Verifier: liveVerifier{client: client, namespace: namespace},
+		Istiods:  liveIstiods{fetcher: kube.NewFetcher(client), client: client, namespace: namespace}}
 }
 
 type liveVerifier struct {

@@ -21,9 +21,18 @@ import (
 func (e *Engine) waitIstiod(ctx context.Context, st *state, want *bundle.Bundle, p Phase) error {
 	t0 := e.opts.Now()
 	e.emit(Event{Kind: EventIstiodWaiting, Cluster: st.c.Name, Phase: p,
-		Detail: fmt.Sprintf("phase %s: waiting for istiod to load the bundle (istio-ca-root-cert in every namespace)", p)})
-	err := e.waitRootConfigMaps(ctx, st, want.RootCert, e.opts.ReloadTimeout)
+		Detail: fmt.Sprintf("phase %s: waiting for istiod to load the bundle (istio-ca-root-cert in every namespace, every replica serving from the phase's signer)", p)})
+	wp, err := want.Parse()
 	if err != nil {
+		return err
+	}
+	loaded := func() error {
+		if err := e.waitRootConfigMaps(ctx, st, want.RootCert, e.opts.ReloadTimeout); err != nil {
+			return err
+		}
+		return e.waitReplicas(ctx, st, wp.Signer, e.opts.ReloadTimeout)
+	}
+	if err := loaded(); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -31,7 +40,7 @@ func (e *Engine) waitIstiod(ctx context.Context, st *state, want *bundle.Bundle,
 		if err := e.restartIstiod(ctx, st, p, ReasonIstiodReload); err != nil {
 			return err
 		}
-		if err := e.waitRootConfigMaps(ctx, st, want.RootCert, e.opts.ReloadTimeout); err != nil {
+		if err := loaded(); err != nil {
 			return err
 		}
 	}
@@ -103,6 +112,23 @@ const (
 // alone).
 func (e *Engine) retireGates(ctx context.Context, st *state) error {
 	newRoot := st.record.NewRoot
+	if st.c.Istiods != nil {
+		// Every istiod replica must serve from the new intermediate: one
+		// that still serves from the old signer would have its certificate
+		// rejected by every proxy once the old root is gone.
+		p, err := st.cur.Parse()
+		if err != nil {
+			return err
+		}
+		reps, err := st.c.Istiods.Replicas(ctx)
+		if err != nil {
+			return err
+		}
+		if lag := replicasLag(reps, p.Signer); lag != "" {
+			return fmt.Errorf("refusing to retire the old root: istiod %s in namespace %s has not loaded the new intermediate %.12s, and proxies would reject its certificate once the old root is gone; delete that pod so that its Deployment recreates it with the current cacerts (kubectl -n %s delete pod <name>), then run meshca rotate again",
+				lag, st.c.Namespace, st.record.NewSigner, st.c.Namespace)
+		}
+	}
 	check := func(kind, name, hook string, caBundle []byte) error {
 		certs, err := pki.ParseCertificates(kind+" "+name, caBundle)
 		if err == nil {
