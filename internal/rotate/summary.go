@@ -57,7 +57,7 @@ func (s *Summary) Add(ev Event) {
 
 // RestartsOf counts the restarts of workload (kind/namespace/name) in the
 // run, over every phase.
-func (s *Summary) RestartsOf(workload string) int {
+func (s Summary) RestartsOf(workload string) int {
 	n := 0
 	for _, r := range s.Restarts {
 		if r.Workload == workload {
