@@ -82,13 +82,19 @@ func (e *Engine) planCluster(ctx context.Context, c *Cluster) (*ClusterPlan, err
 	if err != nil {
 		return nil, err
 	}
-	for _, chk := range pre.Errors() {
-		cp.Blockers = append(cp.Blockers, "preflight: "+chk.String())
-	}
 	for _, chk := range pre.Warnings() {
 		cp.Warnings = append(cp.Warnings, "preflight: "+chk.String())
 	}
 	st, err := e.load(ctx, c, false)
+	// The run refuses to start a rotation on a mesh that fails the
+	// preflight; a rotation in progress continues (its preflight passed).
+	for _, chk := range pre.Errors() {
+		if err != nil || st.start {
+			cp.Blockers = append(cp.Blockers, "preflight: "+chk.String())
+		} else {
+			cp.Warnings = append(cp.Warnings, "preflight (a run starting a new rotation would refuse): "+chk.String())
+		}
+	}
 	if err != nil {
 		cp.Blockers = append(cp.Blockers, err.Error())
 		return cp, nil
