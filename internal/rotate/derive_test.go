@@ -1,13 +1,18 @@
 package rotate
 
 import (
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/meshca/meshca/internal/pki"
+	"github.com/meshca/meshca/internal/pki/pkitest"
 )
 
 // These unit tests need no sandbox and no binaries:
@@ -203,3 +208,29 @@ func TestUnitEventJSONSchema(t *testing.T) {
 }
 
 var cmpSorted = cmpopts.SortSlices(func(a, b string) bool { return a < b })
+
+func TestUnitReplicasLag(t *testing.T) {
+	root := pkitest.Root(t, pki.ECDSAP256)
+	oldInter := pkitest.Intermediate(t, root, pki.ECDSAP256, "old")
+	newInter := pkitest.Intermediate(t, root, pki.ECDSAP256, "new")
+	now := time.Now()
+	fresh := pkitest.Leaf(t, newInter, "spiffe://cluster.local/ns/istio-system/sa/istiod", now, time.Hour)
+	stale := pkitest.Leaf(t, oldInter, "spiffe://cluster.local/ns/istio-system/sa/istiod", now, time.Hour)
+	reps := []Replica{
+		{Pod: "istiod-a", Chain: []*x509.Certificate{fresh.Cert, newInter.Cert}},
+		{Pod: "istiod-b", Chain: []*x509.Certificate{stale.Cert, oldInter.Cert}},
+		{Pod: "istiod-c", Err: errors.New("connection refused")},
+	}
+	got := replicasLag(reps, newInter.Cert)
+	for _, want := range []string{"pod istiod-b (serves a certificate from intermediate " + pki.ShortFingerprint(oldInter.Cert), "pod istiod-c (connection refused)"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("replicasLag = %q, want it to name %q", got, want)
+		}
+	}
+	if strings.Contains(got, "istiod-a") {
+		t.Errorf("a replica serving from the new intermediate is named: %q", got)
+	}
+	if got := replicasLag(reps[:1], newInter.Cert); got != "" {
+		t.Errorf("replicasLag of an up-to-date replica = %q, want empty", got)
+	}
+}
