@@ -108,6 +108,8 @@ type Engine struct {
 	clusters []*Cluster
 	summary  Summary
 	started  time.Time
+	// active names the clusters whose rotation this run carries on.
+	active map[string]bool
 }
 
 // New returns an engine for the clusters; with several clusters they share
@@ -119,7 +121,7 @@ func New(clusters []*Cluster, opts Options) *Engine {
 			c.ClusterName = c.Name
 		}
 	}
-	return &Engine{opts: opts, clusters: clusters, started: opts.Now()}
+	return &Engine{opts: opts, clusters: clusters, started: opts.Now(), active: map[string]bool{}}
 }
 
 // Summary returns what the run did so far, built from its events.

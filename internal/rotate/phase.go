@@ -59,6 +59,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.emit(ev)
 		if inProgress(st.record, st.phase) && st.phase != PhaseRolledBack {
 			active++
+			e.active[c.Name] = true
 		}
 	}
 	if active == 0 {
@@ -107,12 +108,12 @@ func (e *Engine) refuse(cluster string, p Phase, err error) error {
 // where it stands.
 func (e *Engine) runPhase(ctx context.Context, st *state, p Phase) error {
 	name := st.c.Name
-	if !inProgress(st.record, st.phase) || st.phase == PhaseRolledBack {
-		return nil
-	}
-	if !phaseWork(st.record, p) {
+	if e.active[name] && st.record != nil && !phaseWork(st.record, p) {
 		e.emit(Event{Kind: EventNothingToDo, Cluster: name, Phase: p,
 			Detail: fmt.Sprintf("phase %s: nothing to do (the new intermediate chains to the root cacerts already trusts)", p)})
+		return nil
+	}
+	if !inProgress(st.record, st.phase) || st.phase == PhaseRolledBack {
 		return nil
 	}
 	if st.phase.index() > p.index() {
