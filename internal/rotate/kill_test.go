@@ -73,9 +73,9 @@ func (k killAt) String() string {
 // and re-runs it each time: every run continues from what the cluster
 // holds, the probe sees no failed handshake, and no CA material is lost.
 func TestKillNineAnywhereThenResume(t *testing.T) {
+	bin := buildMeshca(t) // before the sandbox: a build takes minutes on a loaded machine
 	s := startSandbox(t, healthy(sandbox.Options{}))
 	tg := newTarget(t, s, "sandbox")
-	bin := buildMeshca(t)
 	root := newRoot(t)
 	rootDir := writeRoot(t, root)
 	points := map[string]int{}
