@@ -54,6 +54,7 @@ func TestPaceScenarios(t *testing.T) {
 				for _, r := range eng.Summary().Restarts {
 					t.Logf("  restart %s %s (%s) x%d", r.Phase, r.Workload, r.Reason, r.Count)
 				}
+				t.Logf("events:\n%s", events.log.String())
 				assertNoFailures(t, s, version+" "+string(pace))
 				if pace == rotate.PaceGentle {
 					want := 1

@@ -50,22 +50,15 @@ func (l liveIstiods) Replicas(ctx context.Context) ([]Replica, error) {
 	var out []Replica
 	for i := range pods.Items {
 		p := &pods.Items[i]
-		if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || !podReady(p) {
+		// Every running replica, ready or not: one that is not ready now may
+		// serve again later, and must have loaded the bundle too.
+		if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
 			continue
 		}
 		chain, err := l.fetcher.ServingChain(ctx, p.Namespace, p.Name, IstiodPort)
 		out = append(out, Replica{Pod: p.Name, Chain: chain, Err: err})
 	}
 	return out, nil
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // replicasLag names the istiod replicas whose serving certificate is not
