@@ -87,16 +87,29 @@ service mesh — ambient (ztunnel, waypoints) and sidecar — in three verified
 phases (trust, issue, retire), and works offline on CA material too.
 
 ` + exitCodesHelp,
-		SilenceUsage:     true,
-		SilenceErrors:    true,
-		PersistentPreRun: func(*cobra.Command, []string) { setupLogging(env, verbose) },
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			setupLogging(env, verbose)
+			if len(env.Contexts) > 1 && cmd.Annotations[cli.AnnotationMultiContext] != "true" {
+				return cli.Usage("meshca %s works on one cluster: give --context once", cmd.Name())
+			}
+			if len(env.Contexts) > 0 {
+				env.Kube.Context = &env.Contexts[0]
+			}
+			return nil
+		},
 	}
 	root.SetIn(env.Streams.In)
 	root.SetOut(env.Streams.Out)
 	root.SetErr(env.Streams.ErrOut)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Exit(cli.ExitUsage, err) })
 	root.PersistentFlags().BoolVarP(&verbose, "verbose", "v", false, "log debug detail to stderr")
+	// --context is repeatable (a rotation spans the clusters of a mesh):
+	// meshca declares it instead of ConfigFlags, which declares a single one.
+	env.Kube.Context = nil
 	env.Kube.AddFlags(root.PersistentFlags())
+	root.PersistentFlags().StringArrayVar(&env.Contexts, "context", nil, "the name of the kubeconfig context to use; rotate, status and rollback take it once per cluster of a multi-cluster mesh")
 
 	root.AddCommand(newVersionCmd(env), ca.NewCmd(env), checkcmd.NewCmd(env), ztunnel.NewCmd(env), proxy.NewCmd(env), verify.NewCmd(env), sandboxcmd.NewCmd(env), rotatecmd.NewCmd(env), rotatecmd.NewStatusCmd(env), rotatecmd.NewRollbackCmd(env), exportercmd.NewCmd(env))
 	return root

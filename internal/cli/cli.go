@@ -29,8 +29,13 @@ const (
 // buffers for streams and a fixed clock.
 type Env struct {
 	Streams genericiooptions.IOStreams
-	// Kube holds --kubeconfig, --context, -n and friends (global flags).
+	// Kube holds --kubeconfig, -n, --as, --token, --user and the other
+	// kubeconfig overrides (global flags). Its Context is the first --context.
 	Kube *genericclioptions.ConfigFlags
+	// Contexts are the global --context flags, in order; commands that span
+	// several clusters (rotate, status, rollback) take them all, the others
+	// accept one.
+	Contexts []string
 	// Now is the clock; never nil once app has built the Env.
 	Now func() time.Time
 }
@@ -57,6 +62,10 @@ func Exit(code int, err error) error { return &ExitError{Code: code, Err: err} }
 // Silent returns an error that only sets the exit code: the command has
 // already reported the problem on its streams.
 func Silent(code int) error { return &ExitError{Code: code} }
+
+// AnnotationMultiContext, set to "true" in a command's Annotations, lets it
+// take the global --context flag several times (one per cluster).
+const AnnotationMultiContext = "meshca.io/multi-context"
 
 // Usage marks err as a usage error (exit 2).
 func Usage(format string, args ...any) error {

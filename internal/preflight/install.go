@@ -299,9 +299,9 @@ func ztunnelChecks(in *mesh.Install) Category {
 		}
 		reload := Check{Name: CheckZtunnelReload + suffix, Status: StatusOK}
 		if ztunnelReloadsRoot(v) {
-			reload.Message = fmt.Sprintf("ztunnel %s re-reads istiod's root when istio-ca-root-cert changes (ztunnel#1775): its CA connection survives the rotation without a restart", v)
+			reload.Message = fmt.Sprintf("ztunnel %s re-reads istiod's root when istio-ca-root-cert changes (CA_CERT_WATCHER, ztunnel#1775): its CA connection survives the rotation without a restart", v)
 		} else {
-			reload.Message = fmt.Sprintf("ztunnel %s loads istiod's root only at start (reload comes with 1.30): the rotation restarts ztunnel after the new roots reach istio-ca-root-cert, or its CSRs would fail (ztunnel#1679)", v)
+			reload.Message = fmt.Sprintf("ztunnel %s loads istiod's root only at start (CA_CERT_WATCHER came with 1.28.6, 1.29.2 and 1.30.0): the rotation restarts ztunnel after the new roots reach istio-ca-root-cert, or its CSRs would fail (ztunnel#1679)", v)
 		}
 		cat.Checks = append(cat.Checks, roots, reload)
 	}

@@ -227,12 +227,23 @@ func Run(ctx context.Context, cs kubernetes.Interface, opts Options) (*Report, e
 		return nil, fmt.Errorf("discover the Istio install: %w", err)
 	}
 	r := &Report{}
-	r.add(istiodChecks(in))
+	istiod := istiodChecks(in)
+	istiod.Checks = append(istiod.Checks, istiodReplicaCheck(in)...)
+	r.add(istiod)
 	r.add(meshConfigChecks(in))
-	r.add(ztunnelChecks(in))
+	zt := ztunnelChecks(in)
+	strategies, ttl, err := ztunnelStrategyChecks(ctx, cs, in)
+	if err != nil {
+		return nil, err
+	}
+	zt.Checks = append(zt.Checks, strategies...)
+	r.add(zt)
 	ca, err := readCA(ctx, cs, in.Namespace, opts.Now)
 	if err != nil {
 		return nil, err
+	}
+	if ca.ca != nil && ca.ca.Signer != nil && !ca.ca.SelfSigned {
+		ca.category.Checks = append(ca.category.Checks, intermediateTTLCheck(ca.ca, ttl, opts.Now))
 	}
 	r.add(ca.category)
 	if ca.ca != nil {

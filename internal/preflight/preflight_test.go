@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -62,9 +63,15 @@ func newWorld(t *testing.T) *world {
 	}
 	w.ztunnel = &appsv1.DaemonSet{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "istio-system", Name: "ztunnel", Labels: map[string]string{mesh.LabelApp: mesh.ZtunnelApp}},
-		Spec: appsv1.DaemonSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{
-			Name: "istio-proxy", Image: "docker.io/istio/ztunnel:1.28.1",
-		}}}}},
+		Spec: appsv1.DaemonSetSpec{
+			// The Istio chart's strategy: a restart refuses no new connection.
+			UpdateStrategy: appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType, RollingUpdate: &appsv1.RollingUpdateDaemonSet{
+				MaxSurge: &intstr.IntOrString{IntVal: 1}, MaxUnavailable: &intstr.IntOrString{IntVal: 0},
+			}},
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{
+				Name: "istio-proxy", Image: "docker.io/istio/ztunnel:1.28.1",
+			}}}},
+		},
 		Status: appsv1.DaemonSetStatus{DesiredNumberScheduled: 2, UpdatedNumberScheduled: 2, NumberReady: 2},
 	}
 	w.cacerts = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "istio-system", Name: mesh.CACertsSecret}, Data: w.bundle.SecretData()}
@@ -463,7 +470,11 @@ func TestZtunnelVersions(t *testing.T) {
 		"1.23 trusts one root":         {image: "ztunnel:1.23.4-distroless", roots: StatusError},
 		"1.26.0 trusts several":        {image: "docker.io/istio/ztunnel:1.26.0", roots: StatusOK, reload: "ztunnel 1.26.0 loads istiod's root only at start"},
 		"1.28.1-distroless":            {image: "docker.io/istio/ztunnel:1.28.1-distroless", roots: StatusOK, reload: "the rotation restarts ztunnel"},
-		"1.30.0 reloads istiod's root": {image: "docker.io/istio/ztunnel:1.30.0", roots: StatusOK, reload: "ztunnel 1.30.0 re-reads istiod's root when istio-ca-root-cert changes (ztunnel#1775)"},
+		"1.30.0 reloads istiod's root": {image: "docker.io/istio/ztunnel:1.30.0", roots: StatusOK, reload: "ztunnel 1.30.0 re-reads istiod's root when istio-ca-root-cert changes (CA_CERT_WATCHER, ztunnel#1775)"},
+		"1.28.6 has CA_CERT_WATCHER":   {image: "docker.io/istio/ztunnel:1.28.6", roots: StatusOK, reload: "ztunnel 1.28.6 re-reads istiod's root"},
+		"1.28.5 has not":               {image: "docker.io/istio/ztunnel:1.28.5", roots: StatusOK, reload: "ztunnel 1.28.5 loads istiod's root only at start (CA_CERT_WATCHER came with 1.28.6, 1.29.2 and 1.30.0)"},
+		"1.29.1 has not":               {image: "docker.io/istio/ztunnel:1.29.1", roots: StatusOK, reload: "loads istiod's root only at start"},
+		"1.29.2 has CA_CERT_WATCHER":   {image: "docker.io/istio/ztunnel:1.29.2", roots: StatusOK, reload: "re-reads"},
 		"a 2.x ztunnel is new enough":  {image: "ztunnel:2.0.0", roots: StatusOK, reload: "re-reads"},
 		"latest cannot be judged": {
 			image: "docker.io/istio/ztunnel:latest", roots: StatusWarning,
@@ -684,5 +695,58 @@ func TestParseVersion(t *testing.T) {
 		if v != tc.v || ok != tc.ok {
 			t.Errorf("parseVersion(%q) = %v, %v; want %v, %v", in, v, ok, tc.v, tc.ok)
 		}
+	}
+}
+
+func TestZtunnelUpdateStrategy(t *testing.T) {
+	is := func(i int32) *intstr.IntOrString { v := intstr.FromInt32(i); return &v }
+	pct := func(s string) *intstr.IntOrString { v := intstr.FromString(s); return &v }
+	tests := map[string]struct {
+		strategy appsv1.DaemonSetUpdateStrategy
+		want     Status
+	}{
+		"the chart's maxSurge 1, maxUnavailable 0":  {appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType, RollingUpdate: &appsv1.RollingUpdateDaemonSet{MaxSurge: is(1), MaxUnavailable: is(0)}}, StatusOK},
+		"the API defaults (surge 0, unavailable 1)": {appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType}, StatusWarning},
+		"surge with pods unavailable":               {appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType, RollingUpdate: &appsv1.RollingUpdateDaemonSet{MaxSurge: is(1), MaxUnavailable: pct("10%")}}, StatusWarning},
+		"zero percent unavailable with surge":       {appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType, RollingUpdate: &appsv1.RollingUpdateDaemonSet{MaxSurge: pct("25%"), MaxUnavailable: pct("0%")}}, StatusOK},
+		"OnDelete":                                  {appsv1.DaemonSetUpdateStrategy{Type: appsv1.OnDeleteDaemonSetStrategyType}, StatusWarning},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			w := newWorld(t)
+			w.ztunnel.Spec.UpdateStrategy = tc.strategy
+			r := w.run(t, defaults)
+			c := mustCheck(t, r, CategoryZtunnel, CheckZtunnelStrategy)
+			if c.Status != tc.want {
+				t.Errorf("status = %s, want %s: %s", c.Status, tc.want, c)
+			}
+			if c.Status == StatusWarning && !strings.Contains(c.Hint, `kubectl -n istio-system patch daemonset ztunnel --type merge -p '{"spec":{"updateStrategy":{"type":"RollingUpdate","rollingUpdate":{"maxSurge":1,"maxUnavailable":0}}}}'`) {
+				t.Errorf("hint is not the exact patch: %q", c.Hint)
+			}
+			if !r.Ready() {
+				t.Error("an update strategy is a warning, never a refusal")
+			}
+		})
+	}
+}
+
+func TestIstiodReplicasAndIntermediateLifetime(t *testing.T) {
+	w := newWorld(t)
+	r := w.run(t, defaults)
+	rep := mustCheck(t, r, CategoryIstiod, CheckIstiodReplicas)
+	if rep.Status != StatusOK || !strings.Contains(rep.Message, "2 replica(s), 2 ready") {
+		t.Errorf("istiod replicas: %s", rep)
+	}
+	ttl := mustCheck(t, r, CategoryCA, CheckIntermediateTTL)
+	if ttl.Status != StatusOK || !strings.Contains(ttl.Message, "SECRET_TTL 24h0m0s") {
+		t.Errorf("intermediate vs SECRET_TTL: %s", ttl)
+	}
+	// SECRET_TTL longer than what is left of the intermediate.
+	w = newWorld(t)
+	w.ztunnel.Spec.Template.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "SECRET_TTL", Value: "1000000h"}}
+	r = w.run(t, defaults)
+	ttl = mustCheck(t, r, CategoryCA, CheckIntermediateTTL)
+	if ttl.Status != StatusWarning || !strings.Contains(ttl.Message, "less than the workload certificate lifetime (SECRET_TTL 1000000h0m0s)") || !r.Ready() {
+		t.Errorf("intermediate shorter than SECRET_TTL: %s (ready %v)", ttl, r.Ready())
 	}
 }

@@ -66,5 +66,28 @@ func ztunnelMultiRoot(v version) bool {
 }
 
 // ztunnelReloadsRoot reports whether ztunnel v re-reads istiod's root file
-// when it changes (facts §3: from 1.30, ztunnel#1775).
-func ztunnelReloadsRoot(v version) bool { return v.atLeast(1, 30, 0) }
+// when it changes (CA_CERT_WATCHER, ztunnel#1775: 1.30.0, backported to
+// 1.28.6 and 1.29.2). The versions before keep the root they read at start.
+func ztunnelReloadsRoot(v version) bool {
+	switch {
+	case v.atLeast(1, 30, 0):
+		return true
+	case v.major == 1 && v.minor == 29:
+		return v.patch >= 2
+	case v.major == 1 && v.minor == 28:
+		return v.patch >= 6
+	}
+	return false
+}
+
+// ZtunnelWatchesCACert reports whether the ztunnel of image tag tag re-reads
+// istiod's root file when istio-ca-root-cert changes (CA_CERT_WATCHER: from
+// 1.28.6, 1.29.2 and 1.30.0). known is false when the tag is not a version;
+// callers then assume it does not, which costs a restart, never a failure.
+func ZtunnelWatchesCACert(tag string) (watches, known bool) {
+	v, ok := parseVersion(tag)
+	if !ok {
+		return false, false
+	}
+	return ztunnelReloadsRoot(v), true
+}

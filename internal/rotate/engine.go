@@ -1,26 +1,20 @@
 package rotate
 
 import (
-	"bytes"
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
 	"fmt"
-	"io"
-	"slices"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/kube"
-	"github.com/meshca/meshca/internal/mesh"
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/preflight"
-	"github.com/meshca/meshca/internal/rollout"
 	"github.com/meshca/meshca/internal/verify"
 )
 
@@ -33,12 +27,18 @@ type Verifier interface {
 type Cluster struct {
 	// Name is the kubeconfig context, for messages and the record.
 	Name string
-	// ClusterName names the cluster's intermediate (L=<name>); defaults to Name.
+	// ClusterName names the cluster's intermediate (L=<name>) and its
+	// directory under Options.RootDir; defaults to Name.
 	ClusterName string
-	Client      kubernetes.Interface
+	// Client reaches the cluster's API server.
+	Client kubernetes.Interface
 	// Namespace is the Istio namespace (where istiod and cacerts live).
 	Namespace string
-	Verifier  Verifier
+	// Verifier proves what the fleet holds.
+	Verifier Verifier
+	// Istiods asks each istiod replica which chain it serves; nil skips
+	// the per-replica gates.
+	Istiods IstiodReader
 	// CA, when set, is this cluster's own new signing bundle (--ca-dir);
 	// otherwise meshca issues an intermediate under Options.Root.
 	CA *bundle.Bundle
@@ -49,8 +49,16 @@ type Options struct {
 	// Root is the new root (with its key, kept on disk) under which meshca
 	// issues each cluster's intermediate.
 	Root *pki.CA
+	// RootDir is the directory Root was read from. The intermediate meshca
+	// issues for a cluster is kept in RootDir/<cluster>/ (the tools/certs
+	// layout), so that `rotate --plan` and the run that follows write the
+	// same one, and a run uses the intermediate found there when it chains
+	// to Root. Empty: intermediates are issued in memory only.
+	RootDir string
 	// Until is the last phase to run (trust, issue or retire).
 	Until bundle.Phase
+	// Pace chooses between restarts and waiting (PaceFast by default).
+	Pace Pace
 	// OneStep runs the field note's single-step procedure instead of the
 	// phases (only with the user's explicit acceptance of downtime).
 	OneStep bool
@@ -62,16 +70,21 @@ type Options struct {
 	IntermediateDays int
 	// ReloadTimeout bounds the wait for istiod to hot-reload a bundle before
 	// meshca restarts it; RolloutTimeout each rollout; VerifyTimeout the
-	// wait for the fleet to converge after the restarts.
+	// wait for the fleet to converge in each phase (zero: 5 minutes with
+	// PaceFast, the workload certificate lifetime with PaceGentle).
 	ReloadTimeout, RolloutTimeout, VerifyTimeout time.Duration
-	// Progress receives one line per step.
-	Progress io.Writer
-	Now      func() time.Time
+	// Observer receives every event of the run.
+	Observer Observer
+	// Now is the clock.
+	Now func() time.Time
 }
 
 func (o *Options) defaults() {
 	if o.Until == "" {
 		o.Until = bundle.PhaseRetire
+	}
+	if o.Pace == "" {
+		o.Pace = PaceFast
 	}
 	if o.KeyType == "" {
 		o.KeyType = pki.RSA4096
@@ -84,32 +97,9 @@ func (o *Options) defaults() {
 	if o.RolloutTimeout == 0 {
 		o.RolloutTimeout = 10 * time.Minute
 	}
-	if o.VerifyTimeout == 0 {
-		o.VerifyTimeout = 5 * time.Minute
-	}
-	if o.Progress == nil {
-		o.Progress = io.Discard
-	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-}
-
-// Summary is what a run did, per cluster and phase.
-type Summary struct {
-	Steps []Step `json:"steps"`
-}
-
-// Step is one timed step of a run.
-type Step struct {
-	Cluster  string        `json:"cluster"`
-	Phase    Phase         `json:"phase"`
-	Action   string        `json:"action"`
-	Duration time.Duration `json:"duration"`
-	// Waiting is the part of Duration spent waiting for rollouts and for
-	// istiod, rather than meshca's own work.
-	Waiting time.Duration `json:"waiting"`
-	Detail  string        `json:"detail,omitempty"`
 }
 
 // Engine runs rotations.
@@ -118,6 +108,8 @@ type Engine struct {
 	clusters []*Cluster
 	summary  Summary
 	started  time.Time
+	// active names the clusters whose rotation this run carries on.
+	active map[string]bool
 }
 
 // New returns an engine for the clusters; with several clusters they share
@@ -129,16 +121,13 @@ func New(clusters []*Cluster, opts Options) *Engine {
 			c.ClusterName = c.Name
 		}
 	}
-	return &Engine{opts: opts, clusters: clusters}
+	return &Engine{opts: opts, clusters: clusters, started: opts.Now(), active: map[string]bool{}}
 }
 
-// Summary returns the steps run so far.
+// Summary returns what the run did so far, built from its events.
 func (e *Engine) Summary() Summary { return e.summary }
 
-func (e *Engine) logf(format string, args ...any) {
-	elapsed := e.opts.Now().Sub(e.started).Round(100 * time.Millisecond)
-	_, _ = fmt.Fprintf(e.opts.Progress, "[%6s] %s\n", elapsed, fmt.Sprintf(format, args...))
-}
+func (e *Engine) record(ev Event) { e.summary.Add(ev) }
 
 // state is a cluster's rotation state as read at the start of a step.
 type state struct {
@@ -146,41 +135,73 @@ type state struct {
 	s      store
 	cur    *bundle.Bundle
 	rv     string
+	held   holding
 	record *Record
 	next   *bundle.Bundle
 	phase  Phase
+	// target is what this run rotates to; wanted its bundle when known
+	// before a rotation starts (--ca-dir, or an intermediate kept in
+	// RootDir/<cluster>/).
+	target target
+	wanted *bundle.Bundle
+	// start is set when no rotation is in progress and cacerts differs from
+	// the target: a run starts a new rotation; why says how it differs.
+	start bool
+	why   string
 	// prevRecordRV is the resourceVersion of a record that a new rotation
 	// replaces.
 	prevRecordRV string
 }
 
-// load reads (and on the first run creates) a cluster's rotation state:
-// backup, pending bundle and record, in an order that a crash at any point
-// leaves re-runnable.
+// load reads a cluster's rotation state. With create, a run that must start
+// a new rotation begins it (backup, pending bundle, record, in an order that
+// a crash at any point leaves re-runnable).
 func (e *Engine) load(ctx context.Context, c *Cluster, create bool) (*state, error) {
 	st := &state{c: c, s: store{client: c.Client, namespace: c.Namespace}}
 	var err error
 	if st.cur, st.rv, err = st.s.readCACerts(ctx); err != nil {
 		return nil, err
 	}
+	if st.held, err = e.holdingOf(st.cur); err != nil {
+		return nil, err
+	}
 	if st.record, err = st.s.readRecord(ctx); err != nil {
 		return nil, err
 	}
-	wantRoot := e.newRoot(c)
-	if st.record != nil && create && (st.record.RolledBack != nil ||
-		e.isFinished(st) && wantRoot != "" && wantRoot != st.record.NewRoot) {
-		// A new rotation after a rolled-back or finished one replaces the
-		// record (its backup Secret stays).
-		st.prevRecordRV = st.record.resourceVersion
-		st.record = nil
+	if st.target, st.wanted, err = e.targetOf(c); err != nil {
+		return nil, err
 	}
-	if st.record == nil {
-		if !create {
+	st.phase = PhaseNone
+	if st.record != nil {
+		st.phase, err = derive(st.held, st.record)
+		switch {
+		case err != nil && (st.record.RolledBack != nil || st.record.finished()):
+			// cacerts was changed after a finished rotation: history.
+			st.phase = PhaseComplete
+		case err != nil:
+			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+		case st.record.RolledBack != nil && st.phase == PhaseNone:
+			st.phase = PhaseRolledBack
+		}
+	}
+	if !inProgress(st.record, st.phase) || st.phase == PhaseRolledBack {
+		st.start, st.why = needsRotation(st.held, st.target)
+		if !st.start || !create {
 			return st, nil
+		}
+		if st.record != nil {
+			st.prevRecordRV = st.record.resourceVersion
+			st.record = nil
 		}
 		if err := e.begin(ctx, st); err != nil {
 			return nil, err
 		}
+		st.start = false
+		if st.phase, err = derive(st.held, st.record); err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+		}
+	} else if err := conflict(c, st.record, st.target); err != nil {
+		return nil, err
 	}
 	if st.next, err = st.s.readNext(ctx); err != nil {
 		return nil, err
@@ -188,52 +209,154 @@ func (e *Engine) load(ctx context.Context, c *Cluster, create bool) (*state, err
 	if st.next == nil {
 		return nil, fmt.Errorf("secret %s/%s with the new CA is missing although configmap %s records a rotation: it was deleted; restore it or roll back", c.Namespace, NextSecret, RecordName)
 	}
-	if wantRoot != "" && wantRoot != st.record.NewRoot {
-		return nil, fmt.Errorf("cluster %s: a rotation to root %.12s is in progress (configmap %s/%s); finish it with that root or roll back (meshca rollback) before rotating to %.12s",
-			c.Name, st.record.NewRoot, c.Namespace, RecordName, wantRoot)
-	}
-	if st.phase, err = derive(st.cur, st.record); err != nil {
-		return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
-	}
 	return st, nil
 }
 
-// newRoot is the fingerprint of the root this run rotates to: --root, or
-// the root of the cluster's own bundle (--ca-dir); "" when neither is given
-// (status, rollback, or resuming without naming the root).
-func (e *Engine) newRoot(c *Cluster) string {
+// conflict refuses a run that names another CA than the rotation in
+// progress.
+func conflict(c *Cluster, r *Record, t target) error {
+	if t.Root == "" || (t.Root == r.NewRoot && (t.Signer == "" || t.Signer == r.NewSigner)) {
+		return nil
+	}
+	return fmt.Errorf("cluster %s: a rotation to root %.12s (intermediate %.12s) is in progress (configmap %s/%s); finish it with that CA or roll back (meshca rollback) before rotating to root %.12s",
+		c.Name, r.NewRoot, r.NewSigner, c.Namespace, RecordName, t.Root)
+}
+
+// holdingOf reads the fingerprints of what cacerts holds.
+func (e *Engine) holdingOf(b *bundle.Bundle) (holding, error) {
+	p, err := b.Parse()
+	if err != nil {
+		return holding{}, err
+	}
+	signerRoot := ""
+	if r, err := bundle.SignerRoot(b, e.opts.Now()); err == nil {
+		signerRoot = pki.Fingerprint(r)
+	}
+	return holdingOf(b, p, signerRoot), nil
+}
+
+// targetOf is the CA this run rotates c to: the cluster's own bundle
+// (--ca-dir), or Root with the intermediate kept in RootDir/<cluster>/ when
+// there is one; empty when the run names no CA (status, rollback).
+func (e *Engine) targetOf(c *Cluster) (target, *bundle.Bundle, error) {
+	now := e.opts.Now()
 	switch {
-	case e.opts.Root != nil:
-		return pki.Fingerprint(e.opts.Root.Cert)
 	case c.CA != nil:
-		if root, err := bundle.SignerRoot(c.CA, e.opts.Now()); err == nil {
-			return pki.Fingerprint(root)
+		root, err := bundle.SignerRoot(c.CA, now)
+		if err != nil {
+			return target{}, nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+		}
+		p, err := c.CA.Parse()
+		if err != nil {
+			return target{}, nil, err
+		}
+		return target{Root: pki.Fingerprint(root), Signer: pki.Fingerprint(p.Signer)}, c.CA, nil
+	case e.opts.Root != nil:
+		t := target{Root: pki.Fingerprint(e.opts.Root.Cert)}
+		kept, err := e.keptIntermediate(c)
+		if err != nil || kept == nil {
+			return t, nil, err
+		}
+		p, err := kept.Parse()
+		if err != nil {
+			return t, nil, err
+		}
+		t.Signer = pki.Fingerprint(p.Signer)
+		return t, kept, nil
+	}
+	return target{}, nil, nil
+}
+
+// intermediateDir is where the intermediate of c under RootDir is kept.
+func (e *Engine) intermediateDir(c *Cluster) string {
+	if e.opts.RootDir == "" {
+		return ""
+	}
+	name := strings.NewReplacer("/", "_", string(os.PathSeparator), "_", ":", "_").Replace(c.ClusterName)
+	if name == "" || name == "." || name == ".." {
+		name = "cluster"
+	}
+	return filepath.Join(e.opts.RootDir, name)
+}
+
+// keptIntermediate loads RootDir/<cluster>/ when it holds a valid bundle
+// under Root; nil when there is none.
+func (e *Engine) keptIntermediate(c *Cluster) (*bundle.Bundle, error) {
+	dir := e.intermediateDir(c)
+	if dir == "" {
+		return nil, nil
+	}
+	if _, err := os.Stat(filepath.Join(dir, bundle.CACertFile)); os.IsNotExist(err) {
+		return nil, nil
+	}
+	b, err := bundle.Load(dir)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: intermediate kept in %s: %w (fix it, or remove the directory to have meshca issue a new one)", c.Name, dir, err)
+	}
+	if err := bundle.Validate(b, e.opts.Now()); err != nil {
+		return nil, fmt.Errorf("cluster %s: intermediate kept in %s is not valid: %w (remove the directory to have meshca issue a new one)", c.Name, dir, err)
+	}
+	if !underRoot(b, e.opts.Root, e.opts.Now()) {
+		return nil, fmt.Errorf("cluster %s: intermediate kept in %s does not chain to root %s: remove the directory to have meshca issue one under this root", c.Name, dir, pki.ShortFingerprint(e.opts.Root.Cert))
+	}
+	return b, nil
+}
+
+// nextBundle is the bundle a new rotation of st rotates to, and where it
+// comes from. An intermediate meshca issues is kept in RootDir/<cluster>/
+// (key 0600) when persist is set, so the plan shows what the run writes.
+func (e *Engine) nextBundle(ctx context.Context, st *state, persist bool) (*bundle.Bundle, string, error) {
+	if st.wanted != nil {
+		if st.c.CA != nil {
+			return st.wanted, "the given bundle (--ca-dir)", nil
+		}
+		return st.wanted, "the intermediate kept in " + e.intermediateDir(st.c), nil
+	}
+	if e.opts.Root == nil {
+		return nil, "", fmt.Errorf("cluster %s: no rotation in progress; give the new root with --root DIR (or a bundle with --ca-dir DIR)", st.c.Name)
+	}
+	// A pending bundle under the same root left by a crashed start.
+	if pending, _ := st.s.readNext(ctx); pending != nil && underRoot(pending, e.opts.Root, e.opts.Now()) {
+		if h, err := e.holdingOf(pending); err == nil && h.Signer != st.held.Signer {
+			return pending, fmt.Sprintf("the intermediate pending in secret %s/%s", st.c.Namespace, NextSecret), nil
 		}
 	}
-	return ""
-}
-
-func (e *Engine) isFinished(st *state) bool {
-	p, err := derive(st.cur, st.record)
-	return err == nil && p == PhaseComplete
-}
-
-// begin starts a rotation: backup (verified), pending bundle, record.
-func (e *Engine) begin(ctx context.Context, st *state) error {
-	if e.opts.Root == nil && st.c.CA == nil {
-		return fmt.Errorf("cluster %s: no rotation in progress; give the new root with --root DIR (or a bundle with --ca-dir DIR)", st.c.Name)
-	}
-	now := e.opts.Now()
-	// Preflight before the first write: a mesh that cannot take the phases
-	// without failed handshakes is refused, with the fix for each finding.
-	pre, err := preflight.Run(ctx, st.c.Client, preflight.Options{Namespace: st.c.Namespace, Now: now})
+	inter, err := pki.NewIntermediate(e.opts.Root, pki.IntermediateOptions{
+		Cluster: st.c.ClusterName, KeyType: e.opts.KeyType, Days: e.opts.IntermediateDays,
+		IstioNamespace: st.c.Namespace, Now: e.opts.Now(),
+	})
 	if err != nil {
-		return fmt.Errorf("cluster %s: preflight: %w", st.c.Name, err)
+		return nil, "", err
 	}
-	if err := pre.Err(); err != nil {
-		return fmt.Errorf("cluster %s: not ready for a rotation, nothing was changed (meshca check shows the details): %w", st.c.Name, err)
+	next, err := bundle.FromCA(e.opts.Root, inter)
+	if err != nil {
+		return nil, "", err
 	}
-	e.logf("%s: preflight passed (meshca check)", st.c.Name)
+	dir := e.intermediateDir(st.c)
+	if !persist || dir == "" {
+		return next, "a new intermediate issued under root " + pki.ShortFingerprint(e.opts.Root.Cert), nil
+	}
+	if err := next.Write(dir, false); err != nil {
+		return nil, "", fmt.Errorf("cluster %s: keep the new intermediate in %s: %w", st.c.Name, dir, err)
+	}
+	st.wanted = next
+	st.target.Signer = pki.Fingerprint(inter.Cert)
+	return next, "a new intermediate issued under root " + pki.ShortFingerprint(e.opts.Root.Cert) + ", kept in " + dir, nil
+}
+
+// preflight runs `meshca check`'s checks on c.
+func (e *Engine) preflight(ctx context.Context, c *Cluster) (*preflight.Report, error) {
+	pre, err := preflight.Run(ctx, c.Client, preflight.Options{Namespace: c.Namespace, Now: e.opts.Now()})
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: preflight: %w", c.Name, err)
+	}
+	return pre, nil
+}
+
+// begin starts a rotation: backup (verified), pending bundle, record. The
+// preflight ran before (Run checks every cluster before any write).
+func (e *Engine) begin(ctx context.Context, st *state) error {
+	now := e.opts.Now()
 	if err := bundle.Validate(st.cur, now); err != nil {
 		return fmt.Errorf("cluster %s: the current cacerts is not valid, refusing to rotate from it: %w", st.c.Name, err)
 	}
@@ -244,24 +367,11 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	e.logf("%s: backed up cacerts to secret %s/%s (verified byte for byte)", st.c.Name, st.c.Namespace, name)
-	next := st.c.CA
-	if next == nil {
-		// Reuse a pending bundle under the same root left by a crashed start.
-		if pending, _ := st.s.readNext(ctx); pending != nil && underRoot(pending, e.opts.Root) {
-			next = pending
-		} else {
-			inter, err := pki.NewIntermediate(e.opts.Root, pki.IntermediateOptions{
-				Cluster: st.c.ClusterName, KeyType: e.opts.KeyType, Days: e.opts.IntermediateDays,
-				IstioNamespace: st.c.Namespace, Now: now,
-			})
-			if err != nil {
-				return err
-			}
-			if next, err = bundle.FromCA(e.opts.Root, inter); err != nil {
-				return err
-			}
-		}
+	e.emit(Event{Kind: EventBackup, Cluster: st.c.Name, Object: st.c.Namespace + "/" + name,
+		Detail: fmt.Sprintf("backed up cacerts to secret %s/%s (verified byte for byte)", st.c.Namespace, name)})
+	next, _, err := e.nextBundle(ctx, st, true)
+	if err != nil {
+		return err
 	}
 	if err := bundle.ValidateNew(next, now); err != nil {
 		return fmt.Errorf("cluster %s: the new CA bundle is not valid, nothing was changed: %w", st.c.Name, err)
@@ -296,13 +406,23 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 	if err := st.s.writeRecord(ctx, st.record); err != nil {
 		return err
 	}
-	e.logf("%s: rotation recorded in configmap %s/%s (new root %.12s, new signer %.12s)", st.c.Name, st.c.Namespace, RecordName, st.record.NewRoot, st.record.NewSigner)
+	detail := fmt.Sprintf("rotation recorded in configmap %s/%s (new root %.12s, new signer %.12s)", st.c.Namespace, RecordName, st.record.NewRoot, st.record.NewSigner)
+	if st.record.IntermediateOnly() {
+		detail += "; intermediate only: the root stays, so only the issue phase runs"
+	}
+	e.emit(Event{Kind: EventRecorded, Cluster: st.c.Name, Object: st.c.Namespace + "/" + RecordName,
+		NewRoot: st.record.NewRoot, NewSigner: st.record.NewSigner, Detail: detail})
 	return nil
 }
 
-func underRoot(b *bundle.Bundle, root *pki.CA) bool {
+// underRoot reports whether b's signer chains to root at now.
+func underRoot(b *bundle.Bundle, root *pki.CA, now time.Time) bool {
 	roots, err := b.ParseRoots()
-	return err == nil && root != nil && pki.Contains(roots, root.Cert)
+	if err != nil || root == nil || !pki.Contains(roots, root.Cert) {
+		return false
+	}
+	r, err := bundle.SignerRoot(b, now)
+	return err == nil && r.Equal(root.Cert)
 }
 
 func uniqueFPs(certs []*x509.Certificate) []string {
@@ -310,432 +430,20 @@ func uniqueFPs(certs []*x509.Certificate) []string {
 	return pki.Fingerprints(u)
 }
 
-// expectation of the fleet once phase p is in place.
-func expectation(r *Record, p Phase, rootPEM []byte) verify.Expectation {
-	var roots []string
-	signer := r.NewSigner
-	switch p {
-	case PhaseNone:
-		roots, signer = r.OldRoots, r.OldSigner
-	case PhaseTrust:
-		roots, signer = append(slices.Clone(r.OldRoots), r.NewRoot), r.OldSigner
-	case PhaseIssue:
-		roots = append(slices.Clone(r.OldRoots), r.NewRoot)
-	default:
-		roots = []string{r.NewRoot}
+func shortFPs(fps []string) []string {
+	out := make([]string, len(fps))
+	for i, f := range fps {
+		out[i] = f[:min(12, len(f))]
 	}
-	slices.Sort(roots)
-	exp := verify.Expectation{Source: "rotation phase " + string(p), Roots: slices.Compact(roots), Signer: signer}
-	if rootPEM != nil {
-		sum := sha256.Sum256(rootPEM)
-		exp.RootCertSHA256 = hex.EncodeToString(sum[:])
-	}
-	return exp
-}
-
-// Run rotates every cluster up to opts.Until: each phase completes and is
-// proven in EVERY cluster before the next phase starts in ANY (istio-ca-
-// facts.md §5, multi-cluster).
-func (e *Engine) Run(ctx context.Context) error {
-	e.started = e.opts.Now()
-	ctx, unlock, err := e.lockClusters(ctx)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	states := make([]*state, len(e.clusters))
-	for i, c := range e.clusters {
-		st, err := e.load(ctx, c, true)
-		if err != nil {
-			return err
-		}
-		states[i] = st
-		e.logf("%s: cacerts is in phase %s", c.Name, st.phase)
-	}
-	if e.opts.OneStep {
-		for _, st := range states {
-			if err := e.oneStep(ctx, st); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	for _, phase := range []Phase{PhaseTrust, PhaseIssue, PhaseRetire} {
-		for i, c := range e.clusters {
-			st, err := e.load(ctx, c, false)
-			if err != nil {
-				return err
-			}
-			states[i] = st
-			if err := e.runPhase(ctx, st, phase); err != nil {
-				return fmt.Errorf("cluster %s, phase %s: %w", c.Name, phase, err)
-			}
-		}
-		if string(phase) == string(e.opts.Until) {
-			if phase != PhaseRetire {
-				e.logf("stopping after phase %s as asked (--until %s)", phase, phase)
-			}
-			break
-		}
-	}
-	return nil
-}
-
-// runPhase brings one cluster to phase p and proves it on the fleet. A phase
-// already proven is only re-verified; one written but not proven continues
-// where it stands.
-func (e *Engine) runPhase(ctx context.Context, st *state, p Phase) error {
-	name := st.c.Name
-	if st.phase.index() > p.index() {
-		return nil // this cluster is past p already
-	}
-	if st.record.proven(p) && st.phase == p {
-		e.logf("%s: phase %s already proven", name, p)
-		return nil
-	}
-	if st.phase == PhaseComplete {
-		return nil
-	}
-	t0 := e.opts.Now()
-	step := fmt.Sprintf("%s: phase %s:", name, p)
-	var waited time.Duration
-	if p == PhaseRetire && st.phase != PhaseRetire && !e.opts.Force {
-		// The guard of Linkerd#4287: no proxy may still hold a certificate
-		// that chains to the old root. (Once the retire bundle is written,
-		// e.g. by a run that was killed, only its proof remains to do.)
-		rep, err := st.c.Verifier.Verify(ctx, expectation(st.record, PhaseIssue, nil))
-		if err != nil {
-			return err
-		}
-		if !rep.OK() {
-			return fmt.Errorf("refusing to retire the old root: %s still hold certificates from the old CA or lack the new root; wait for them (or restart them) and run again, or pass --force to retire anyway (their mTLS will break)", lagging(rep))
-		}
-	}
-	want, err := bundle.Build(bundle.Phase(p), st.cur, st.next, e.opts.Now())
-	if err != nil {
-		return err
-	}
-	if !want.Equal(st.cur) {
-		reload, err := bundle.Transition(st.cur, want, true)
-		if err != nil {
-			return err
-		}
-		if st.rv, err = st.s.writeCACerts(ctx, want, st.rv); err != nil {
-			return err
-		}
-		st.record.mark(p, false, e.opts.Now())
-		if err := st.s.writeRecord(ctx, st.record); err != nil {
-			return err
-		}
-		e.logf("%s wrote cacerts (%s)", step, describeWrite(st.cur, want, reload))
-	}
-	// istiod takes the bundle: hot reload, seen in the ConfigMaps it
-	// rewrites; restart it when it does not.
-	w0 := e.opts.Now()
-	if err := e.waitIstiod(ctx, st, want, step); err != nil {
-		return err
-	}
-	waited += e.opts.Now().Sub(w0)
-	// Prove, restarting what cannot pick the change up by itself.
-	w, err := e.converge(ctx, st, p, want.RootCert, false, step)
-	waited += w
-	if err != nil {
-		return err
-	}
-	if err := e.proven(ctx, st, p, "phase "+string(p), t0, waited); err != nil {
-		return err
-	}
-	e.logf("%s ✓ proven on the whole fleet (%s)", step, e.opts.Now().Sub(t0).Round(100*time.Millisecond))
-	return nil
-}
-
-// proven records that phase p is proven on the fleet and adds the step to
-// the summary.
-func (e *Engine) proven(ctx context.Context, st *state, p Phase, action string, t0 time.Time, waited time.Duration) error {
-	st.record.mark(p, true, e.opts.Now())
-	if err := st.s.writeRecord(ctx, st.record); err != nil {
-		return err
-	}
-	e.summary.Steps = append(e.summary.Steps, Step{Cluster: st.c.Name, Phase: p, Action: action, Duration: e.opts.Now().Sub(t0), Waiting: waited})
-	return nil
-}
-
-// waitIstiod waits until istiod has loaded want, restarting it if it does not
-// within ReloadTimeout.
-func (e *Engine) waitIstiod(ctx context.Context, st *state, want *bundle.Bundle, step string) error {
-	e.logf("%s waiting for istiod to load the bundle (istio-ca-root-cert in every namespace)", step)
-	err := e.waitRootConfigMaps(ctx, st, want.RootCert, e.opts.ReloadTimeout)
-	if err == nil {
-		return nil
-	}
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	e.logf("%s istiod did not hot-reload (%v); restarting it", step, err)
-	if err := e.restartIstiod(ctx, st, step); err != nil {
-		return err
-	}
-	return e.waitRootConfigMaps(ctx, st, want.RootCert, e.opts.ReloadTimeout)
-}
-
-func (e *Engine) waitRootConfigMaps(ctx context.Context, st *state, want []byte, timeout time.Duration) error {
-	var lag string
-	err := wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		cms, err := mesh.ReadRootConfigMaps(ctx, st.c.Client)
-		if err != nil {
-			lag = err.Error()
-			return false, nil
-		}
-		if len(cms) == 0 {
-			lag = "no istio-ca-root-cert ConfigMap"
-			return false, nil
-		}
-		for _, cm := range cms {
-			if !bytes.Equal([]byte(cm.Data), want) {
-				lag = "namespace " + cm.Namespace + " still has the previous bytes"
-				return false, nil
-			}
-		}
-		return true, nil
-	})
-	if err != nil {
-		return fmt.Errorf("istio-ca-root-cert not updated after %s: %s", timeout, lag)
-	}
-	return nil
-}
-
-// converge verifies the fleet for phase p; when it lags it restarts ztunnel
-// (1.28 takes new roots only at restart or refresh), then the envoy
-// workloads whose PCDS is not live, and waits for the proof.
-func (e *Engine) converge(ctx context.Context, st *state, p Phase, rootPEM []byte, restartAll bool, step string) (time.Duration, error) {
-	exp := expectation(st.record, p, rootPEM)
-	e.logf("%s verifying the fleet against phase %s", step, p)
-	rep, err := st.c.Verifier.Verify(ctx, exp)
-	if err != nil {
-		return 0, err
-	}
-	if rep.OK() && !restartAll {
-		return 0, nil
-	}
-	if !rep.OK() {
-		e.logf("%s %d of %d proxies lag; restarting what cannot pick the change up by itself", step, rep.Total.Failing(), rep.Total.Total)
-	}
-	var waited time.Duration
-	w0 := e.opts.Now()
-	if err := e.restartZtunnel(ctx, st, step); err != nil {
-		return 0, err
-	}
-	waited += e.opts.Now().Sub(w0)
-	envoys, err := e.envoysToRestart(ctx, st, restartAll)
-	if err != nil {
-		return waited, err
-	}
-	if len(envoys) > 0 {
-		w0 = e.opts.Now()
-		if err := e.restart(ctx, st, step, envoys...); err != nil {
-			return waited, err
-		}
-		waited += e.opts.Now().Sub(w0)
-	}
-	e.logf("%s waiting for the fleet to converge on phase %s", step, p)
-	w0 = e.opts.Now()
-	var last *verify.Report
-	err = wait.PollUntilContextTimeout(ctx, time.Second, e.opts.VerifyTimeout, true, func(ctx context.Context) (bool, error) {
-		rep, err := st.c.Verifier.Verify(ctx, exp)
-		if err != nil {
-			return false, err
-		}
-		last = rep
-		return rep.OK(), nil
-	})
-	waited += e.opts.Now().Sub(w0)
-	if err != nil {
-		if last != nil {
-			return waited, fmt.Errorf("the fleet did not converge within %s: %s", e.opts.VerifyTimeout, lagging(last))
-		}
-		return waited, err
-	}
-	return waited, nil
-}
-
-// envoysToRestart lists the owners of envoy proxies that will not pick new
-// roots up by themselves (PCDS not live), waypoints first, then gateways,
-// then sidecar workloads; all of them with restartAll.
-func (e *Engine) envoysToRestart(ctx context.Context, st *state, all bool) ([]rollout.Ref, error) {
-	in, err := mesh.Discover(ctx, st.c.Client, mesh.Options{Namespace: st.c.Namespace})
-	if err != nil {
-		return nil, err
-	}
-	multiRoot := len(in.Istiods) > 0
-	for _, d := range in.Istiods {
-		multiRoot = multiRoot && d.MultiRoot
-	}
-	var refs []rollout.Ref
-	seen := map[string]bool{}
-	for _, kind := range []mesh.Kind{mesh.KindWaypoint, mesh.KindGateway, mesh.KindSidecar} {
-		for _, p := range in.Proxies {
-			if p.Kind != kind || (!all && p.XDSAgent && multiRoot) || p.Owner.Name == "" {
-				continue
-			}
-			ref := rollout.Ref{Kind: p.Owner.Kind, Namespace: p.Namespace, Name: p.Owner.Name}
-			if !seen[ref.String()] {
-				seen[ref.String()] = true
-				refs = append(refs, ref)
-			}
-		}
-	}
-	return refs, nil
-}
-
-func (e *Engine) restart(ctx context.Context, st *state, step string, refs ...rollout.Ref) error {
-	for _, ref := range refs {
-		t0 := e.opts.Now()
-		e.logf("%s restarting %s", step, ref)
-		if err := rollout.RestartAndWait(ctx, st.c.Client, []rollout.Ref{ref}, rollout.Options{Timeout: e.opts.RolloutTimeout, Now: e.opts.Now}); err != nil {
-			return err
-		}
-		e.logf("%s %s rolled out (%s)", step, ref, e.opts.Now().Sub(t0).Round(100*time.Millisecond))
-	}
-	return nil
-}
-
-// restartIstiod restarts every istiod Deployment of the Istio namespace.
-func (e *Engine) restartIstiod(ctx context.Context, st *state, step string) error {
-	ds, err := mesh.FindIstiods(ctx, st.c.Client, st.c.Namespace)
-	if err != nil {
-		return err
-	}
-	if len(ds) == 0 {
-		return fmt.Errorf("no istiod Deployment (label app=istiod) in namespace %s to restart", st.c.Namespace)
-	}
-	var refs []rollout.Ref
-	for _, d := range ds {
-		refs = append(refs, rollout.Ref{Kind: rollout.KindDeployment, Namespace: d.Namespace, Name: d.Name})
-	}
-	return e.restart(ctx, st, step, refs...)
-}
-
-// restartZtunnel restarts every ztunnel DaemonSet (none in a sidecar-only
-// mesh).
-func (e *Engine) restartZtunnel(ctx context.Context, st *state, step string) error {
-	ds, err := mesh.FindZtunnels(ctx, st.c.Client)
-	if err != nil {
-		return err
-	}
-	var refs []rollout.Ref
-	for _, d := range ds {
-		refs = append(refs, rollout.Ref{Kind: rollout.KindDaemonSet, Namespace: d.Namespace, Name: d.Name})
-	}
-	return e.restart(ctx, st, step, refs...)
-}
-
-// lagging names the proxies that fail a report, with their first problem.
-func lagging(rep *verify.Report) string {
-	var parts []string
-	for _, r := range rep.Failing() {
-		s := fmt.Sprintf("%s %s/%s", r.Kind, r.Namespace, r.Name)
-		if len(r.Problems) > 0 {
-			s += " (" + r.Problems[0] + ")"
-		} else if r.Reason != "" {
-			s += " (" + string(r.Status) + ": " + r.Reason + ")"
-		}
-		parts = append(parts, s)
-	}
-	if rep.RootConfigMaps != nil {
-		for _, cm := range rep.RootConfigMaps.Stale {
-			parts = append(parts, "configmap "+cm.Namespace+"/istio-ca-root-cert")
-		}
-	}
-	if len(parts) == 0 {
-		return "no proxy named"
-	}
-	if len(parts) > 10 {
-		parts = append(parts[:10], fmt.Sprintf("and %d more", len(parts)-10))
-	}
-	return strings.Join(parts, ", ")
-}
-
-// oneStep is the field note's procedure: the new signer and the old root
-// appended in one write, then istiod, ztunnel and every envoy restarted. It
-// leaves a window in which peers reject each other (istio-ca-facts.md §5).
-func (e *Engine) oneStep(ctx context.Context, st *state) error {
-	t0 := e.opts.Now()
-	name := st.c.Name
-	if st.phase != PhaseNone {
-		return fmt.Errorf("cluster %s is in phase %s of a phased rotation: the one-step strategy applies only to a fresh rotation", name, st.phase)
-	}
-	want := st.next.Clone()
-	want.RootCert = appendBytes(st.next.RootCert, st.cur.RootCert)
-	want.Source = "one-step bundle"
-	if err := bundle.Validate(want, e.opts.Now()); err != nil {
-		return err
-	}
-	var err error
-	if st.rv, err = st.s.writeCACerts(ctx, want, st.rv); err != nil {
-		return err
-	}
-	st.record.mark(PhaseIssue, false, e.opts.Now())
-	if err := st.s.writeRecord(ctx, st.record); err != nil {
-		return err
-	}
-	step := name + ": one-step:"
-	e.logf("%s wrote the new signer and the old root appended in one write", step)
-	if err := e.restartIstiod(ctx, st, step); err != nil {
-		return err
-	}
-	if err := e.waitRootConfigMaps(ctx, st, want.RootCert, e.opts.ReloadTimeout); err != nil {
-		return err
-	}
-	waited, err := e.converge(ctx, st, PhaseIssue, want.RootCert, true, step)
-	if err != nil {
-		return err
-	}
-	if err := e.proven(ctx, st, PhaseIssue, "one-step", t0, waited); err != nil {
-		return err
-	}
-	e.logf("%s: one-step rotation done; the old root is still trusted — run meshca rotate again to retire it", name)
-	return nil
-}
-
-func appendBytes(a, b []byte) []byte {
-	out := bytes.Clone(a)
-	if len(out) > 0 && out[len(out)-1] != '\n' {
-		out = append(out, '\n')
-	}
-	return append(out, b...)
-}
-
-// describeWrite says what a cacerts write changes, by fingerprint.
-func describeWrite(from, to *bundle.Bundle, reload bundle.Reload) string {
-	fp, _ := from.Parse()
-	tp, _ := to.Parse()
-	var parts []string
-	if fp != nil && tp != nil {
-		if !fp.Signer.Equal(tp.Signer) {
-			parts = append(parts, fmt.Sprintf("signer %.12s → %.12s", pki.Fingerprint(fp.Signer), pki.Fingerprint(tp.Signer)))
-		}
-		fu, _ := pki.Unique(fp.Roots)
-		tu, _ := pki.Unique(tp.Roots)
-		for _, r := range tu {
-			if !pki.Contains(fu, r) {
-				parts = append(parts, fmt.Sprintf("+root %.12s", pki.Fingerprint(r)))
-			}
-		}
-		for _, r := range fu {
-			if !pki.Contains(tu, r) {
-				parts = append(parts, fmt.Sprintf("-root %.12s", pki.Fingerprint(r)))
-			}
-		}
-		parts = append(parts, fmt.Sprintf("root-cert.pem %d → %d blocks", len(fp.Roots), len(tp.Roots)))
-	}
-	parts = append(parts, "istiod reload: "+string(reload))
-	return strings.Join(parts, ", ")
+	return out
 }
 
 // NewCluster is a cluster reached through client, whose fleet is proven by
 // reading every proxy through port-forwards (verify.Live).
 func NewCluster(name string, client *kube.Client, namespace string) *Cluster {
-	return &Cluster{Name: name, ClusterName: name, Client: client.Clientset, Namespace: namespace, Verifier: liveVerifier{client: client, namespace: namespace}}
+	return &Cluster{Name: name, ClusterName: name, Client: client.Clientset, Namespace: namespace,
+		Verifier: liveVerifier{client: client, namespace: namespace},
+		Istiods:  liveIstiods{fetcher: kube.NewFetcher(client), client: client, namespace: namespace}}
 }
 
 type liveVerifier struct {

@@ -1,9 +1,10 @@
 package rotate_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -18,6 +19,7 @@ import (
 	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/pki"
+	"github.com/meshca/meshca/internal/rotate"
 	"github.com/meshca/meshca/internal/sandbox"
 )
 
@@ -43,82 +45,102 @@ func writeRoot(t *testing.T, root *pki.CA) string {
 	return dir
 }
 
-var (
-	stampRE = regexp.MustCompile(`^\[[^\]]*\]\s*`)
-	noiseRE = regexp.MustCompile(`\(.*\)|[0-9a-f]{10,}|[0-9.]+m?s\b`)
-)
+// killAt is a point of a rotation, named by its event: kind, phase and the
+// kind of workload a restart concerns.
+type killAt struct {
+	kind     rotate.EventKind
+	phase    rotate.Phase
+	workload string
+}
 
-// killPoint names where a run was killed: its last progress line without
-// times and fingerprints.
-func killPoint(line string) string {
-	return strings.TrimSpace(noiseRE.ReplaceAllString(stampRE.ReplaceAllString(line, ""), ""))
+func (k killAt) matches(ev rotate.Event) bool {
+	return ev.Kind == k.kind && ev.Phase == k.phase && strings.HasPrefix(ev.Workload, k.workload)
+}
+
+func (k killAt) String() string {
+	s := string(k.kind)
+	if k.phase != "" {
+		s += " " + string(k.phase)
+	}
+	if k.workload != "" {
+		s += " " + k.workload
+	}
+	return s
 }
 
 // TestKillNineAnywhereThenResume kills `meshca rotate` with SIGKILL at many
-// points (between and inside phases) and re-runs it each time: every run
-// continues from what the cluster holds, the probe sees no failed
-// handshake, and no CA material is lost.
+// points (between and inside phases), found in its event stream (-o json),
+// and re-runs it each time: every run continues from what the cluster
+// holds, the probe sees no failed handshake, and no CA material is lost.
 func TestKillNineAnywhereThenResume(t *testing.T) {
+	bin := buildMeshca(t) // before the sandbox: a build takes minutes on a loaded machine
 	s := startSandbox(t, healthy(sandbox.Options{}))
 	tg := newTarget(t, s, "sandbox")
-	bin := buildMeshca(t)
 	root := newRoot(t)
 	rootDir := writeRoot(t, root)
 	points := map[string]int{}
 	s.ResetProbe()
 	rotateArgs := func() []string {
-		return []string{"rotate", "--kubeconfig", s.Kubeconfig(), "--root", rootDir, "--key-type", "ecdsa-p256", "--yes", "--reload-timeout", "30s", "--verify-timeout", "1m"}
+		return []string{"rotate", "--kubeconfig", s.Kubeconfig(), "--root", rootDir, "--key-type", "ecdsa-p256", "--yes", "--reload-timeout", "30s", "--verify-timeout", "1m", "-o", "json"}
 	}
 	// Kill points in rotation order; each run is killed at the next one, so
 	// that every run resumes from the state the previous kill left.
-	targets := []string{
-		"backed up cacerts",
-		"rotation recorded",
-		"phase trust: wrote cacerts",
-		"phase trust: waiting for istiod",
-		"phase trust: restarting daemonset",
-		"phase trust: daemonset/istio-system/ztunnel rolled out",
-		"phase trust: verifying the fleet",
-		"phase trust: ✓ proven",
-		"phase issue: wrote cacerts",
-		"phase issue: waiting for istiod",
-		"phase issue: restarting daemonset",
-		"phase issue: verifying the fleet",
-		"phase issue: ✓ proven",
-		"phase retire: wrote cacerts",
-		"phase retire: restarting daemonset",
-		"phase retire: verifying the fleet",
+	targets := []killAt{
+		{kind: rotate.EventBackup},
+		{kind: rotate.EventRecorded},
+		{kind: rotate.EventPhaseWritten, phase: rotate.PhaseTrust},
+		{kind: rotate.EventIstiodWaiting, phase: rotate.PhaseTrust},
+		{kind: rotate.EventRestartStarted, phase: rotate.PhaseTrust, workload: "daemonset/"},
+		{kind: rotate.EventRestartFinished, phase: rotate.PhaseTrust, workload: "daemonset/"},
+		{kind: rotate.EventVerifying, phase: rotate.PhaseTrust},
+		{kind: rotate.EventPhaseProven, phase: rotate.PhaseTrust},
+		{kind: rotate.EventPhaseWritten, phase: rotate.PhaseIssue},
+		{kind: rotate.EventIstiodWaiting, phase: rotate.PhaseIssue},
+		{kind: rotate.EventRestartStarted, phase: rotate.PhaseIssue, workload: "daemonset/"},
+		{kind: rotate.EventVerifying, phase: rotate.PhaseIssue},
+		{kind: rotate.EventPhaseProven, phase: rotate.PhaseIssue},
+		{kind: rotate.EventPhaseWritten, phase: rotate.PhaseRetire},
+		{kind: rotate.EventRestartStarted, phase: rotate.PhaseRetire, workload: "daemonset/"},
+		{kind: rotate.EventVerifying, phase: rotate.PhaseRetire},
 	}
 	for next := 0; next < len(targets); {
 		cmd := exec.Command(bin, rotateArgs()...)
-		stderr, err := cmd.StderrPipe()
+		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)
 		}
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		sc := bufio.NewScanner(stderr)
-		last, hit := "", -1
-		for sc.Scan() && hit < 0 {
-			last = sc.Text()
+		dec := json.NewDecoder(stdout)
+		var last rotate.Event
+		hit := -1
+		for hit < 0 {
+			var ev rotate.Event
+			if err := dec.Decode(&ev); err != nil {
+				break
+			}
+			last = ev
 			for i := next; i < len(targets); i++ {
-				if strings.Contains(last, targets[i]) {
+				if targets[i].matches(ev) {
 					_ = cmd.Process.Kill() // SIGKILL: no cleanup of any kind
 					hit = i
 					break
 				}
 			}
 		}
+		_, _ = io.Copy(io.Discard, stdout)
 		_ = cmd.Wait()
 		if hit < 0 {
 			if code := cmd.ProcessState.ExitCode(); code != 0 {
-				t.Fatalf("run to be killed at %q exited %d; last line %q", targets[next], code, last)
+				t.Fatalf("run to be killed at %s exited %d; last event %+v\n%s", targets[next], code, last, stderr.String())
 			}
-			t.Logf("the run finished before reaching %q", targets[next])
+			t.Logf("the run finished before reaching %s", targets[next])
 			break
 		}
-		points[killPoint(last)]++
+		points[targets[hit].String()]++
 		next = hit + 1
 	}
 	var final bytes.Buffer

@@ -190,12 +190,12 @@ func (e *Engine) lockClusters(ctx context.Context) (context.Context, func(), err
 		defer cancel()
 		for _, l := range held {
 			if err := l.release(rctx); err != nil {
-				e.logf("%v", err)
+				e.emit(Event{Kind: EventNote, Detail: err.Error()})
 			}
 		}
 	}
 	for _, c := range e.clusters {
-		l, err := acquireLock(ctx, c.Client, c.Namespace, holder, e.newRoot(c), e.opts.Now())
+		l, err := acquireLock(ctx, c.Client, c.Namespace, holder, e.lockRoot(c), e.opts.Now())
 		if err != nil {
 			unlockAll()
 			return nil, nil, fmt.Errorf("cluster %s: %w", c.Name, err)
@@ -238,4 +238,14 @@ func (e *Engine) lockClusters(ctx context.Context) (context.Context, func(), err
 		unlockAll()
 		cancel(context.Canceled)
 	}, nil
+}
+
+// lockRoot is the root a run for c rotates to, as the lock shows it to a
+// second run ("" when not known before the state is read).
+func (e *Engine) lockRoot(c *Cluster) string {
+	t, _, err := e.targetOf(c)
+	if err != nil {
+		return ""
+	}
+	return t.Root
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/mesh"
+	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/verify"
 )
 
@@ -38,8 +39,8 @@ func (e *Engine) rollback(ctx context.Context, c *Cluster) error {
 	if st.record == nil {
 		return fmt.Errorf("no rotation recorded (configmap %s/%s): nothing to roll back", c.Namespace, RecordName)
 	}
-	if st.record.RolledBack != nil && st.phase == PhaseNone {
-		e.logf("%s: already rolled back to secret %s", c.Name, st.record.BackupSecret)
+	if st.record.RolledBack != nil && (st.phase == PhaseNone || st.phase == PhaseRolledBack) {
+		e.emit(Event{Kind: EventNote, Cluster: c.Name, Detail: "already rolled back to secret " + st.record.BackupSecret})
 		return nil
 	}
 	backup, err := st.s.readBackup(ctx, st.record.BackupSecret)
@@ -73,21 +74,21 @@ func (e *Engine) rollback(ctx context.Context, c *Cluster) error {
 			return err
 		}
 	case PhaseNone:
-		e.logf("%s: cacerts still holds the original CA", c.Name)
+		e.emit(Event{Kind: EventNote, Cluster: c.Name, Detail: "cacerts still holds the original CA"})
 	}
 	now := e.opts.Now().UTC()
 	st.record.RolledBack = &now
 	if err := st.s.writeRecord(ctx, st.record); err != nil {
 		return err
 	}
-	e.logf("%s: ✓ rolled back to secret %s/%s", c.Name, c.Namespace, st.record.BackupSecret)
+	e.emit(Event{Kind: EventRolledBack, Cluster: c.Name, Object: c.Namespace + "/" + st.record.BackupSecret,
+		Detail: fmt.Sprintf("✓ rolled back to secret %s/%s", c.Namespace, st.record.BackupSecret)})
 	return nil
 }
 
 // rollbackTo writes want, waits for istiod (restarting it when the change is
 // not hot-reloadable), restarts what must be restarted and proves phase p.
 func (e *Engine) rollbackTo(ctx context.Context, st *state, want *bundle.Bundle, p Phase) error {
-	step := fmt.Sprintf("%s: rollback to %s:", st.c.Name, p)
 	if !want.Equal(st.cur) {
 		reload, terr := bundle.Transition(st.cur, want, true)
 		var err error
@@ -95,18 +96,20 @@ func (e *Engine) rollbackTo(ctx context.Context, st *state, want *bundle.Bundle,
 			return err
 		}
 		if terr != nil {
-			e.logf("%s wrote cacerts; istiod cannot hot-reload this change (%v), restarting it", step, terr)
-			if err := e.restartIstiod(ctx, st, step); err != nil {
+			e.emit(Event{Kind: EventPhaseWritten, Cluster: st.c.Name, Phase: p, Object: st.c.Namespace + "/" + CACertsSecret,
+				Detail: fmt.Sprintf("rollback to %s: wrote cacerts; istiod cannot hot-reload this change (%v), restarting it", p, terr)})
+			if err := e.restartIstiod(ctx, st, p, ReasonIstiodReload); err != nil {
 				return err
 			}
 		} else {
-			e.logf("%s wrote cacerts (%s)", step, describeWrite(st.cur, want, reload))
+			e.emit(Event{Kind: EventPhaseWritten, Cluster: st.c.Name, Phase: p, Object: st.c.Namespace + "/" + CACertsSecret,
+				Detail: fmt.Sprintf("rollback to %s: wrote cacerts (%s)", p, describeWrite(st.cur, want, reload))})
 		}
 	}
-	if err := e.waitIstiod(ctx, st, want, step); err != nil {
+	if err := e.waitIstiod(ctx, st, want, p); err != nil {
 		return err
 	}
-	_, err := e.converge(ctx, st, p, want.RootCert, false, step)
+	_, err := e.converge(ctx, st, p, want.RootCert)
 	return err
 }
 
@@ -143,13 +146,10 @@ func (e *Engine) Status(ctx context.Context) ([]ClusterStatus, error) {
 		if err != nil {
 			return nil, err
 		}
-		cs := ClusterStatus{Context: c.Name, Phase: PhaseNone, Signer: fingerprint(p.Signer), Roots: uniqueFPs(p.Roots), Record: st.record}
+		cs := ClusterStatus{Context: c.Name, Phase: PhaseNone, Signer: pki.Fingerprint(p.Signer), Roots: uniqueFPs(p.Roots), Record: st.record}
 		cs.OldRoots = cs.Roots
 		if st.record != nil {
 			cs.Phase, cs.BackupSecret, cs.OldRoots, cs.NewRoot = st.phase, st.record.BackupSecret, st.record.OldRoots, st.record.NewRoot
-			if st.record.RolledBack != nil && st.phase == PhaseNone {
-				cs.Phase = PhaseRolledBack
-			}
 		}
 		// The fleet against what cacerts holds now, as `meshca verify` checks it.
 		ca, err := mesh.ReadCA(ctx, c.Client, c.Namespace)
@@ -164,24 +164,4 @@ func (e *Engine) Status(ctx context.Context) ([]ClusterStatus, error) {
 		out = append(out, cs)
 	}
 	return out, nil
-}
-
-func nextAction(p Phase, r *Record) string {
-	switch {
-	case r == nil || p == PhaseRolledBack:
-		return "nothing in progress: meshca rotate --root DIR starts a rotation"
-	case p == PhaseNone:
-		return "write the trust bundle (old signer, old + new roots), restart ztunnel, prove both roots everywhere"
-	case p == PhaseTrust && !r.proven(PhaseTrust):
-		return "finish phase trust: prove both roots on every proxy (restart ztunnel if needed)"
-	case p == PhaseTrust:
-		return "write the issue bundle (new signer), restart ztunnel, prove every leaf comes from the new intermediate"
-	case p == PhaseIssue && !r.proven(PhaseIssue):
-		return "finish phase issue: prove every leaf comes from the new intermediate"
-	case p == PhaseIssue:
-		return "write the retire bundle (new root only), once no proxy holds a certificate from the old CA"
-	case p == PhaseRetire:
-		return "finish phase retire: prove every proxy trusts only the new root"
-	}
-	return "nothing: the rotation is complete"
 }

@@ -3,8 +3,11 @@ package rotate_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -94,8 +97,15 @@ func newRoot(t testing.TB) *pki.CA {
 }
 
 func options(root *pki.CA, until bundle.Phase, log *bytes.Buffer) rotate.Options {
-	return rotate.Options{Root: root, Until: until, KeyType: pki.ECDSAP256, Progress: log,
+	return rotate.Options{Root: root, Until: until, KeyType: pki.ECDSAP256, Observer: logTo(log),
 		ReloadTimeout: 30 * time.Second, RolloutTimeout: time.Minute, VerifyTimeout: time.Minute}
+}
+
+// logTo writes each event's detail as a progress line.
+func logTo(log *bytes.Buffer) rotate.Observer {
+	return rotate.ObserverFunc(func(ev rotate.Event) {
+		fmt.Fprintf(log, "[%6.1fs] %s %s: %s\n", ev.Elapsed, ev.Kind, ev.Cluster, ev.Detail)
+	})
 }
 
 // assertFinal checks a completed rotation: new signer and new root only in
@@ -389,6 +399,19 @@ func TestPreflightRefusals(t *testing.T) {
 				t.Fatal(err)
 			}
 			var log bytes.Buffer
+			// The plan runs the preflight too and names what would block.
+			plans, err := rotate.New([]*rotate.Cluster{c}, options(newRoot(t), bundle.PhaseRetire, &log)).Plan(context.Background())
+			if err != nil {
+				t.Fatalf("plan on a mesh that is not ready: %v", err)
+			}
+			if !rotate.Blocked(plans) {
+				t.Errorf("the plan shows no blocker on a mesh the run refuses: %+v", plans[0])
+			}
+			for _, want := range tc.wantErr {
+				if !strings.Contains(strings.Join(plans[0].Blockers, "\n"), want) {
+					t.Errorf("plan blockers %q do not mention %q", plans[0].Blockers, want)
+				}
+			}
 			err = rotate.New([]*rotate.Cluster{c}, options(newRoot(t), bundle.PhaseRetire, &log)).Run(context.Background())
 			if err == nil {
 				t.Fatal("rotation was not refused")
@@ -419,4 +442,130 @@ func TestPreflightRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// eventLog records a run's events and writes them as progress lines.
+type eventLog struct {
+	log    bytes.Buffer
+	events []rotate.Event
+}
+
+func (l *eventLog) Observe(ev rotate.Event) {
+	l.events = append(l.events, ev)
+	logTo(&l.log).Observe(ev)
+}
+
+// of returns the events of kind k.
+func (l *eventLog) of(k rotate.EventKind) []rotate.Event {
+	var out []rotate.Event
+	for _, ev := range l.events {
+		if ev.Kind == k {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// TestRepeatedRotations: a plan names the intermediate the run then writes;
+// after a completed rotation, a plan still works and says there is nothing
+// to do; an intermediate renewal under the same root starts a new rotation
+// in which only the issue phase runs, and the new signer is written and
+// proven.
+func TestRepeatedRotations(t *testing.T) {
+	s := startSandbox(t, healthy(sandbox.Options{Nodes: 2}))
+	tg := newTarget(t, s, "sandbox")
+	ctx := context.Background()
+	root := newRoot(t)
+	rootDir := filepath.Join(t.TempDir(), "root")
+	if err := bundle.WriteRoot(rootDir, root, false); err != nil {
+		t.Fatal(err)
+	}
+	s.ResetProbe()
+
+	// 1. The planned intermediate is the one written.
+	opts := options(root, bundle.PhaseRetire, &bytes.Buffer{})
+	opts.RootDir = rootDir
+	plans, err := rotate.New([]*rotate.Cluster{tg.cluster}, opts).Plan(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rotate.Blocked(plans) || !plans[0].Start || plans[0].NewSigner == "" {
+		t.Fatalf("plan on a ready mesh: %+v", plans[0])
+	}
+	var first eventLog
+	opts.Observer = &first
+	if err := rotate.New([]*rotate.Cluster{tg.cluster}, opts).Run(ctx); err != nil {
+		t.Fatalf("rotate: %v\n%s", err, first.log.String())
+	}
+	tg.assertFinal(t, root)
+	if got := pki.Fingerprint(mustParse(t, tg.cacerts(t)).Signer); got != plans[0].NewSigner {
+		t.Errorf("the run wrote intermediate %.12s, the plan showed %.12s", got, plans[0].NewSigner)
+	}
+
+	// 2. After completion a plan works and says nothing is to do; so does
+	// the run, which changes nothing.
+	opts.Observer = logTo(&bytes.Buffer{})
+	plans, err = rotate.New([]*rotate.Cluster{tg.cluster}, opts).Plan(ctx)
+	if err != nil {
+		t.Fatalf("plan after a completed rotation: %v", err)
+	}
+	if rotate.Blocked(plans) || plans[0].Start || !strings.Contains(plans[0].Why, "nothing to do") {
+		t.Errorf("plan after completion = %+v, want nothing to do and no blocker", plans[0])
+	}
+
+	// 3. Intermediate renewal under the same root (--ca-dir).
+	inter, err := pki.NewIntermediate(root, pki.IntermediateOptions{Cluster: "renewed", KeyType: pki.ECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewed, err := bundle.FromCA(root, inter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg.cluster.CA = renewed
+	defer func() { tg.cluster.CA = nil }()
+	ropts := options(nil, bundle.PhaseRetire, &bytes.Buffer{})
+	plans, err = rotate.New([]*rotate.Cluster{tg.cluster}, ropts).Plan(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rotate.Blocked(plans) || !plans[0].Start || !plans[0].IntermediateOnly || plans[0].NewSigner != pki.Fingerprint(inter.Cert) {
+		t.Errorf("plan of the renewal = %+v, want an intermediate-only rotation to %.12s", plans[0], pki.Fingerprint(inter.Cert))
+	}
+	var renewal eventLog
+	ropts.Observer = &renewal
+	eng := rotate.New([]*rotate.Cluster{tg.cluster}, ropts)
+	if err := eng.Run(ctx); err != nil {
+		t.Fatalf("renewal: %v\n%s", err, renewal.log.String())
+	}
+	t.Logf("renewal:\n%s", renewal.log.String())
+	final := mustParse(t, tg.cacerts(t))
+	if !final.Signer.Equal(inter.Cert) {
+		t.Fatal("the renewal did not write the new intermediate")
+	}
+	exp, err := verify.NewExpectation("renewed", []string{pki.Fingerprint(root.Cert)}, pki.Fingerprint(inter.Cert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := tg.cluster.Verifier.Verify(ctx, exp); err != nil || !rep.OK() {
+		t.Errorf("the fleet does not hold leaves from the renewed intermediate (%v)", err)
+	}
+	var skipped []rotate.Phase
+	for _, ev := range renewal.of(rotate.EventNothingToDo) {
+		skipped = append(skipped, ev.Phase)
+	}
+	if !slices.Equal(skipped, []rotate.Phase{rotate.PhaseTrust, rotate.PhaseRetire}) {
+		t.Errorf("phases with nothing to do = %v, want trust and retire", skipped)
+	}
+	proven := renewal.of(rotate.EventPhaseProven)
+	if len(proven) != 1 || proven[0].Phase != rotate.PhaseIssue {
+		t.Errorf("proven phases = %+v, want issue alone", proven)
+	}
+	if rec := readRecord(t, tg); rec.NewSigner != pki.Fingerprint(inter.Cert) || !rec.IntermediateOnly() {
+		t.Errorf("record after the renewal: %+v", rec)
+	}
+	for _, r := range eng.Summary().Restarts {
+		t.Logf("renewal restarts: %s %s %s x%d", r.Phase, r.Workload, r.Reason, r.Count)
+	}
+	assertNoFailures(t, s, "a rotation, then an intermediate renewal")
 }

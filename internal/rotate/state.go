@@ -17,7 +17,6 @@ package rotate
 import (
 	"context"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -32,7 +31,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/internal/bundle"
-	"github.com/meshca/meshca/internal/pki"
 )
 
 // Names of the objects meshca keeps next to cacerts.
@@ -72,7 +70,9 @@ func (p Phase) index() int {
 type Transition struct {
 	Phase   Phase      `json:"phase"`
 	Written *time.Time `json:"written,omitempty"`
-	Proven  *time.Time `json:"proven,omitempty"`
+	// Reloaded is when istiod was seen to have loaded the phase's bundle.
+	Reloaded *time.Time `json:"reloaded,omitempty"`
+	Proven   *time.Time `json:"proven,omitempty"`
 }
 
 // Record is the rotation's record, kept in ConfigMap meshca-rotation for
@@ -118,6 +118,34 @@ func (r *Record) mark(p Phase, proven bool, t time.Time) {
 		tr.Written = &t
 	}
 	r.Transitions = append(r.Transitions, tr)
+}
+
+// markReloaded records when istiod loaded phase p's bundle (the first time).
+func (r *Record) markReloaded(p Phase, t time.Time) {
+	for i := range r.Transitions {
+		if r.Transitions[i].Phase == p && r.Transitions[i].Reloaded == nil {
+			t = t.UTC()
+			r.Transitions[i].Reloaded = &t
+		}
+	}
+}
+
+// reloaded returns when istiod loaded phase p's bundle, if recorded.
+func (r *Record) reloaded(p Phase) *time.Time {
+	for _, t := range r.Transitions {
+		if t.Phase == p {
+			return t.Reloaded
+		}
+	}
+	return nil
+}
+
+// finished reports whether the rotation's last phase was proven.
+func (r *Record) finished() bool {
+	if r.IntermediateOnly() {
+		return r.proven(PhaseIssue)
+	}
+	return r.proven(PhaseRetire)
 }
 
 // proven reports whether phase p was proven on the fleet.
@@ -301,45 +329,3 @@ func (s store) writeRecord(ctx context.Context, r *Record) error {
 	r.resourceVersion = out.ResourceVersion
 	return nil
 }
-
-// derive tells the phase cacerts is in, given the record's fingerprints.
-func derive(cur *bundle.Bundle, r *Record) (Phase, error) {
-	p, err := cur.Parse()
-	if err != nil {
-		return "", err
-	}
-	signer := pki.Fingerprint(p.Signer)
-	roots := pki.Fingerprints(p.Roots)
-	hasNew := slices.Contains(roots, r.NewRoot)
-	hasOld := false
-	for _, o := range r.OldRoots {
-		if o != r.NewRoot && slices.Contains(roots, o) {
-			hasOld = true
-		}
-	}
-	switch {
-	case signer == r.OldSigner && !hasNew:
-		return PhaseNone, nil
-	case signer == r.OldSigner && hasNew:
-		return PhaseTrust, nil
-	case signer == r.NewSigner && hasNew && hasOld:
-		return PhaseIssue, nil
-	case signer == r.NewSigner && hasNew && !hasOld:
-		if r.proven(PhaseRetire) {
-			return PhaseComplete, nil
-		}
-		return PhaseRetire, nil
-	}
-	return "", fmt.Errorf("%w: %s holds signer %.12s and roots %v, which match no phase of the rotation recorded in configmap %s (old signer %.12s, new signer %.12s, new root %.12s); nothing was changed — restore it, or roll back with meshca rollback",
-		ErrConcurrentEdit, cur.Source, signer, shortFPs(roots), RecordName, r.OldSigner, r.NewSigner, r.NewRoot)
-}
-
-func shortFPs(fps []string) []string {
-	out := make([]string, len(fps))
-	for i, f := range fps {
-		out[i] = f[:min(12, len(f))]
-	}
-	return out
-}
-
-func fingerprint(c *x509.Certificate) string { return pki.Fingerprint(c) }

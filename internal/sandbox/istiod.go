@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +31,16 @@ type istiod struct {
 	httpAddr string
 	// CAAddr is the secure gRPC (CA and xDS) address, 15012 in a pod.
 	CAAddr string
+}
+
+// istiodCAPort is istiod's secure gRPC port (CA and xDS) in a pod.
+const istiodCAPort = 15012
+
+// caPort is the local port of CAAddr.
+func (d *istiod) caPort() int {
+	_, port, _ := net.SplitHostPort(d.CAAddr)
+	n, _ := strconv.Atoi(port)
+	return n
 }
 
 // istiodOptions is what startIstiod needs from the sandbox.

@@ -304,6 +304,13 @@ func (r *runtime) startIstiod(ctx context.Context, pod *corev1.Pod) error {
 	if err != nil {
 		return err
 	}
+	// Pod port 15012 reaches this istiod's CA and xDS port through kwok's
+	// port-forward, as on a real pod (meshca asks each replica which chain
+	// it serves).
+	if err := r.cluster.ForwardPort(ctx, pod.Namespace, pod.Name, istiodCAPort, d.caPort()); err != nil {
+		_ = d.stop()
+		return err
+	}
 	r.mu.Lock()
 	r.istiods[pod.Name] = d
 	r.order = append(r.order, pod.Name)

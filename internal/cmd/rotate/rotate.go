@@ -5,6 +5,7 @@ package rotate
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 
 	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/cli"
@@ -25,24 +25,25 @@ import (
 	"github.com/meshca/meshca/internal/rotate"
 )
 
-// clusterFlags selects the clusters: --context may be repeated.
-type clusterFlags struct {
-	contexts []string
+// multiContext marks cmd as taking the global --context once per cluster.
+func multiContext(cmd *cobra.Command) {
+	if cmd.Annotations == nil {
+		cmd.Annotations = map[string]string{}
+	}
+	cmd.Annotations[cli.AnnotationMultiContext] = "true"
 }
 
-func (f *clusterFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringArrayVar(&f.contexts, "context", nil, "kubeconfig context of a cluster; repeat for a multi-cluster mesh sharing one root")
-}
-
-// clusters connects to each selected cluster.
-func (f *clusterFlags) clusters(env *cli.Env, dirs map[string]*bundle.Bundle) ([]*rotate.Cluster, error) {
-	contexts := f.contexts
+// clusters connects to each cluster named by the global --context flags (the
+// current context when there is none), every one with all the other
+// kubeconfig overrides of the command line (--as, --token, --user, ...).
+func clusters(env *cli.Env, dirs map[string]*bundle.Bundle) ([]*rotate.Cluster, error) {
+	contexts := env.Contexts
 	if len(contexts) == 0 {
 		contexts = []string{""}
 	}
 	var out []*rotate.Cluster
 	for _, ctxName := range contexts {
-		flags := forContext(env.Kube, ctxName)
+		flags := kube.WithContext(env.Kube, ctxName)
 		client, err := kube.NewClient(flags)
 		if err != nil {
 			return nil, err
@@ -69,26 +70,13 @@ func (f *clusterFlags) clusters(env *cli.Env, dirs map[string]*bundle.Bundle) ([
 	return out, nil
 }
 
-// forContext copies the global kube flags with another context.
-func forContext(base *genericclioptions.ConfigFlags, context string) *genericclioptions.ConfigFlags {
-	f := genericclioptions.NewConfigFlags(true)
-	f.KubeConfig, f.Namespace = base.KubeConfig, base.Namespace
-	if context != "" {
-		f.Context = &context
-	} else {
-		f.Context = base.Context
-	}
-	return f
-}
-
 type rotateOptions struct {
-	clusterFlags
-	root, caDir, until, strategy, keyType string
-	acceptDowntime, plan, yes, force      bool
-	intermediateDays                      int
-	reloadTimeout, rolloutTimeout         time.Duration
-	verifyTimeout                         time.Duration
-	sandboxDir                            string
+	root, caDir, until, strategy, keyType, pace, output string
+	acceptDowntime, plan, yes, force                    bool
+	intermediateDays                                    int
+	reloadTimeout, rolloutTimeout                       time.Duration
+	verifyTimeout                                       time.Duration
+	sandboxDir                                          string
 }
 
 // NewCmd returns `meshca rotate`.
@@ -97,17 +85,52 @@ func NewCmd(env *cli.Env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rotate (--root DIR | --ca-dir DIR)",
 		Short: "Rotate the mesh CA in three proven phases: trust, issue, retire",
-		Long: `Rotate the CA of a live Istio mesh without failed handshakes
-(istio-ca-facts.md §5):
+		Long: `Rotate the CA of a live Istio mesh without failed handshakes. Switching
+the signer and the roots in one step leaves a window in which proxies that do
+not trust the new root yet reject the new certificates, so meshca rotates in
+three phases, each proven on every proxy before the next:
 
   trust   keep the old signer; root-cert.pem = old bytes + new root. istiod
-          hot-reloads it, envoys get it by PCDS, ztunnel is restarted. Proven
-          when every proxy trusts both roots.
-  issue   the new intermediate signs; root-cert.pem grows again so PCDS makes
-          envoys re-sign. ztunnel is restarted. Proven when every leaf comes
-          from the new intermediate.
-  retire  only when no proxy holds a certificate from the old CA:
-          root-cert.pem = the new root. Proven when every proxy trusts only it.
+          hot-reloads it, envoys with PROXY_CONFIG_XDS_AGENT get it at once
+          (PCDS), ztunnel at restart or refresh. Proven when every proxy
+          trusts both roots.
+  issue   the new intermediate signs; root-cert.pem grows again so that
+          envoys re-sign at once. Proven when every leaf comes from the new
+          intermediate.
+  retire  only when no proxy holds a certificate from the old CA and the
+          webhooks' caBundle holds the new root: root-cert.pem = the new root.
+          Proven when every proxy trusts only it.
+
+An intermediate-only rotation (the new intermediate chains to the root cacerts
+already trusts, e.g. a periodic renewal) has nothing to do in trust and
+retire: only the issue phase runs, and is proven.
+
+A completed rotation is history: a run starts a new rotation whenever the
+root or the intermediate asked for differs from what cacerts holds, and does
+nothing (saying so) when they are the same.
+
+--pace chooses the price of the rotation. Every ztunnel restart ends the
+long-lived connections through its node (gRPC streams, pools, websockets):
+  fast    (default) in each phase, restart the proxies that lag and cannot
+          catch up by themselves: never a ztunnel that already converged,
+          never an envoy with live PCDS.
+  gentle  restart only what correctness requires: ztunnel before 1.28.6,
+          1.29.2 and 1.30.0 (no CA_CERT_WATCHER) once after the trust phase;
+          wait for the half-life refresh (SECRET_TTL/2) for the rest.
+          --verify-timeout then defaults to the certificate lifetime, and an
+          interrupted run resumes the wait.
+--plan shows the restarts of the chosen pace.
+
+With --root DIR, meshca issues each cluster's intermediate under that root and
+keeps it in DIR/<cluster>/ (the tools/certs layout; key file 0600) the first
+time it is needed — by --plan or by the run — so the run writes exactly the
+intermediate the plan shows. An intermediate already in DIR/<cluster>/ that
+chains to the root is used as is: to renew the intermediate, put a new one
+there (meshca ca intermediate --root DIR --out DIR/<cluster>) and run again.
+
+--plan reads every cluster, runs the preflight (meshca check) and prints what
+the run would do and what would block it, in every state, without changing
+any cluster.
 
 Before the first write the current cacerts is copied to a backup Secret and
 read back byte for byte. Every write of cacerts carries its resourceVersion:
@@ -117,24 +140,34 @@ redoes a proven phase. With several --context flags the clusters share the
 new root, each gets its own intermediate, and each phase completes in every
 cluster before the next starts in any.
 
-Exit codes: 0 the requested phase is proven on every proxy of every cluster;
-1 error, refusal or a fleet that did not converge (the lagging proxies are
-named); 2 usage error.`,
+Progress goes to stderr. -o json streams the run's events on stdout, one JSON
+object per line: {"time","elapsed","kind","cluster","phase","workload",
+"object","converged","total","expected","duration","waiting","newRoot",
+"newSigner","reason","detail"} (kinds: state, preflight-passed, backup,
+recorded, nothing-to-do, phase-written, istiod-waiting, istiod-reloaded,
+verifying, lagging, restart-started, restart-finished, converging,
+phase-proven, stopped, refused, rolled-back, note; see the README).
+
+Exit codes: 0 the requested phase is proven on every proxy of every cluster
+(or there was nothing to do); 1 error, refusal, a plan with blockers, or a
+fleet that did not converge (the lagging proxies are named); 2 usage error.`,
 		Example: `  meshca ca root --out ./new-root
   meshca rotate --kubeconfig ~/.kube/config --root ./new-root --plan
   meshca rotate --kubeconfig ~/.kube/config --root ./new-root --yes
+  meshca rotate --root ./new-root --pace gentle --yes
   meshca rotate --context east --context west --root ./new-root --until trust --yes`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context(), env) },
 	}
-	o.add(cmd)
+	multiContext(cmd)
 	f := cmd.Flags()
-	f.StringVar(&o.root, "root", "", "directory of the new root (root-cert.pem, root-key.pem); meshca issues each cluster's intermediate under it")
+	f.StringVar(&o.root, "root", "", "directory of the new root (root-cert.pem, root-key.pem); meshca issues each cluster's intermediate under it and keeps it in DIR/<cluster>/")
 	f.StringVar(&o.caDir, "ca-dir", "", "bring your own: a bundle directory (ca-cert, ca-key, cert-chain, root-cert) signed by your PKI; with several clusters, DIR/<context>/ per cluster")
 	f.StringVar(&o.until, "until", "retire", "last phase to run: trust, issue or retire")
+	f.StringVar(&o.pace, "pace", string(rotate.PaceFast), "fast (restart what lags) or gentle (restart only what correctness requires, wait for refreshes)")
 	f.StringVar(&o.strategy, "strategy", "phased", "phased, or one-step (the field note's procedure: causes failed handshakes; needs --i-accept-downtime)")
 	f.BoolVar(&o.acceptDowntime, "i-accept-downtime", false, "allow --strategy one-step")
-	f.BoolVar(&o.plan, "plan", false, "print every step and each cacerts change without touching anything")
+	f.BoolVar(&o.plan, "plan", false, "print every step, each cacerts change, the restarts and what would block the run, without changing any cluster")
 	f.BoolVar(&o.plan, "dry-run", false, "same as --plan")
 	f.BoolVar(&o.yes, "yes", false, "do not ask for confirmation")
 	f.BoolVar(&o.force, "force", false, "retire the old root even while proxies still hold certificates from the old CA (their mTLS breaks)")
@@ -142,8 +175,9 @@ named); 2 usage error.`,
 	f.IntVar(&o.intermediateDays, "intermediate-days", pki.DefaultIntermediateDays, "validity of the intermediates meshca issues (clamped to the root's)")
 	f.DurationVar(&o.reloadTimeout, "reload-timeout", 3*time.Minute, "how long to wait for istiod to hot-reload cacerts before restarting it")
 	f.DurationVar(&o.rolloutTimeout, "rollout-timeout", 10*time.Minute, "timeout of each rollout")
-	f.DurationVar(&o.verifyTimeout, "verify-timeout", 5*time.Minute, "how long the fleet may take to converge after the restarts")
-	f.StringVar(&o.sandboxDir, "sandbox", "", "a meshca sandbox directory: report its probe's handshakes and failures during the rotation")
+	f.DurationVar(&o.verifyTimeout, "verify-timeout", 0, "how long the fleet may take to converge in each phase (default 5m with --pace fast, the workload certificate lifetime with --pace gentle)")
+	f.StringVar(&o.sandboxDir, "sandbox", "", "a meshca sandbox directory: report its probe's handshakes, failures, refused connections and resets per phase")
+	f.StringVarP(&o.output, "output", "o", "table", "table (progress on stderr, summary on stdout), or json (the events as JSON lines on stdout; with --plan, the plan as one JSON document)")
 	return cmd
 }
 
@@ -159,6 +193,14 @@ func (o *rotateOptions) run(ctx context.Context, env *cli.Env) error {
 	if err != nil {
 		return cli.Exit(cli.ExitUsage, err)
 	}
+	pace, err := rotate.ParsePace(o.pace)
+	if err != nil {
+		return cli.Exit(cli.ExitUsage, err)
+	}
+	format, err := report.ParseFormat(o.output, report.Table, report.JSON)
+	if err != nil {
+		return cli.Exit(cli.ExitUsage, err)
+	}
 	switch o.strategy {
 	case "phased":
 	case "one-step":
@@ -170,44 +212,62 @@ func (o *rotateOptions) run(ctx context.Context, env *cli.Env) error {
 		return cli.Usage("--strategy %q: use phased or one-step", o.strategy)
 	}
 	opts := rotate.Options{
-		Until: until, OneStep: o.strategy == "one-step", Force: o.force, KeyType: kt, IntermediateDays: o.intermediateDays,
+		Until: until, Pace: pace, OneStep: o.strategy == "one-step", Force: o.force, KeyType: kt, IntermediateDays: o.intermediateDays,
 		ReloadTimeout: o.reloadTimeout, RolloutTimeout: o.rolloutTimeout, VerifyTimeout: o.verifyTimeout,
-		Progress: env.Streams.ErrOut, Now: env.Now,
+		Now: env.Now,
 	}
 	var dirs map[string]*bundle.Bundle
 	if o.root != "" {
 		if opts.Root, err = bundle.LoadRoot(o.root, env.Now()); err != nil {
 			return err
 		}
-	} else if dirs, err = loadCADirs(o.caDir, o.contexts); err != nil {
+		opts.RootDir = o.root
+	} else if dirs, err = loadCADirs(o.caDir, env.Contexts); err != nil {
 		return err
 	}
-	clusters, err := o.clusters(env, dirs)
+	clusters, err := clusters(env, dirs)
 	if err != nil {
 		return err
 	}
-	eng := rotate.New(clusters, opts)
-	if o.plan {
-		return eng.Plan(ctx, env.Streams.Out)
-	}
-	if !o.yes {
-		if err := eng.Plan(ctx, env.Streams.ErrOut); err != nil {
+	if o.plan || !o.yes {
+		plans, err := rotate.New(clusters, opts).Plan(ctx)
+		if err != nil {
 			return err
+		}
+		w := env.Streams.Out
+		if !o.plan {
+			w = env.Streams.ErrOut
+		}
+		if format == report.JSON && o.plan {
+			if err := report.Encode(w, format, map[string]any{"pace": pace, "clusters": plans}); err != nil {
+				return err
+			}
+		} else {
+			printPlan(w, pace, plans)
+		}
+		if rotate.Blocked(plans) {
+			return cli.Exit(cli.ExitFailure, errors.New("the run would be refused: see the blockers above; nothing was changed"))
+		}
+		if o.plan {
+			return nil
 		}
 		if !confirm(env.Streams.In, env.Streams.ErrOut, "Proceed with the rotation?") {
 			return cli.Exit(cli.ExitFailure, errors.New("aborted: nothing was changed"))
 		}
 	}
-	var before *sandboxProbe
-	if o.sandboxDir != "" {
-		before = readProbe(ctx, o.sandboxDir)
+	probe := newProbeObserver(ctx, o.sandboxDir)
+	var obs rotate.Observer = &textObserver{w: env.Streams.ErrOut}
+	if format == report.JSON {
+		obs = &jsonObserver{enc: json.NewEncoder(env.Streams.Out)}
 	}
+	opts.Observer = rotate.ObserverFunc(func(ev rotate.Event) {
+		probe.Observe(ev)
+		obs.Observe(ev)
+	})
+	eng := rotate.New(clusters, opts)
 	runErr := eng.Run(ctx)
-	printSummary(env.Streams.Out, eng.Summary())
-	if o.sandboxDir != "" {
-		if after := readProbe(ctx, o.sandboxDir); after != nil && before != nil {
-			_, _ = fmt.Fprintf(env.Streams.Out, "\nsandbox probe during the rotation: %d mTLS handshakes, %d failed\n", after.Handshakes-before.Handshakes, after.Failures-before.Failures)
-		}
+	if format != report.JSON {
+		printSummary(env.Streams.Out, eng.Summary(), probe)
 	}
 	return runErr
 }
@@ -246,20 +306,4 @@ func confirm(in io.Reader, out io.Writer, question string) bool {
 	_, _ = fmt.Fprintf(out, "%s [y/N] ", question)
 	line, _ := bufio.NewReader(in).ReadString('\n')
 	return strings.EqualFold(strings.TrimSpace(line), "y") || strings.EqualFold(strings.TrimSpace(line), "yes")
-}
-
-func printSummary(w io.Writer, s rotate.Summary) {
-	if len(s.Steps) == 0 {
-		return
-	}
-	_, _ = fmt.Fprintln(w)
-	t := report.NewTable(w, "CLUSTER", "STEP", "DURATION", "WAITING (ROLLOUTS, ISTIOD)", "MESHCA'S OWN WORK")
-	var total, waiting time.Duration
-	for _, st := range s.Steps {
-		t.Row(st.Cluster, st.Action, st.Duration.Round(100*time.Millisecond).String(), st.Waiting.Round(100*time.Millisecond).String(), (st.Duration - st.Waiting).Round(100*time.Millisecond).String())
-		total += st.Duration
-		waiting += st.Waiting
-	}
-	t.Row("", "total", total.Round(100*time.Millisecond).String(), waiting.Round(100*time.Millisecond).String(), (total - waiting).Round(100*time.Millisecond).String())
-	_ = t.Flush()
 }

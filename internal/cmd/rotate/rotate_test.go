@@ -25,6 +25,9 @@ func TestUsageErrorsChangeNothing(t *testing.T) {
 		"one-step without accepting the downtime": {[]string{"rotate", "--root", "a", "--strategy", "one-step"}, "--i-accept-downtime"},
 		"an unknown key type":                     {[]string{"rotate", "--root", "a", "--key-type", "dsa"}, "unknown key type"},
 		"status with an unknown output format":    {[]string{"status", "-o", "xml"}, "unknown output format"},
+		"an unknown pace":                         {[]string{"rotate", "--root", "a", "--pace", "slow"}, "use fast or gentle"},
+		"rotate with an unknown output format":    {[]string{"rotate", "--root", "a", "-o", "xml"}, "unknown output format"},
+		"a one-cluster command with two contexts": {[]string{"check", "--context", "a", "--context", "b"}, "give --context once"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

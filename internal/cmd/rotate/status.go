@@ -1,7 +1,6 @@
 package rotate
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"time"
@@ -11,13 +10,11 @@ import (
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/report"
 	"github.com/meshca/meshca/internal/rotate"
-	"github.com/meshca/meshca/internal/sandbox"
 )
 
 // NewStatusCmd returns `meshca status`.
 func NewStatusCmd(env *cli.Env) *cobra.Command {
 	var (
-		cf     clusterFlags
 		output string
 	)
 	cmd := &cobra.Command{
@@ -38,7 +35,7 @@ JSON: {"clusters":[{"context", "phase", "backupSecret", "oldRoots":[fp],
 			if err != nil {
 				return cli.Exit(cli.ExitUsage, err)
 			}
-			clusters, err := cf.clusters(env, nil)
+			clusters, err := clusters(env, nil)
 			if err != nil {
 				return err
 			}
@@ -55,7 +52,7 @@ JSON: {"clusters":[{"context", "phase", "backupSecret", "oldRoots":[fp],
 			return nil
 		},
 	}
-	cf.add(cmd)
+	multiContext(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, json or yaml")
 	return cmd
 }
@@ -98,7 +95,6 @@ func printStatus(env *cli.Env, s rotate.ClusterStatus) {
 // NewRollbackCmd returns `meshca rollback`.
 func NewRollbackCmd(env *cli.Env) *cobra.Command {
 	var (
-		cf  clusterFlags
 		yes bool
 	)
 	cmd := &cobra.Command{
@@ -112,29 +108,17 @@ proxy then trusts only the new root, and restoring the old CA would strand
 them; rotate to the old CA instead.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			clusters, err := cf.clusters(env, nil)
+			clusters, err := clusters(env, nil)
 			if err != nil {
 				return err
 			}
 			if !yes && !confirm(env.Streams.In, env.Streams.ErrOut, "Roll back to the backed-up CA?") {
 				return cli.Exit(cli.ExitFailure, fmt.Errorf("aborted: nothing was changed"))
 			}
-			return rotate.New(clusters, rotate.Options{Progress: env.Streams.ErrOut, Now: env.Now}).Rollback(cmd.Context())
+			return rotate.New(clusters, rotate.Options{Observer: &textObserver{w: env.Streams.ErrOut}, Now: env.Now}).Rollback(cmd.Context())
 		},
 	}
-	cf.add(cmd)
+	multiContext(cmd)
 	cmd.Flags().BoolVar(&yes, "yes", false, "do not ask for confirmation")
 	return cmd
-}
-
-type sandboxProbe struct {
-	Handshakes, Failures int64
-}
-
-func readProbe(ctx context.Context, dir string) *sandboxProbe {
-	snap, err := sandbox.FetchProbe(ctx, dir, false)
-	if err != nil {
-		return nil
-	}
-	return &sandboxProbe{Handshakes: snap.Handshakes, Failures: snap.Failures}
 }
