@@ -7,6 +7,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/mesh"
@@ -16,16 +17,19 @@ import (
 )
 
 // TestPaceScenarios rotates a sandbox with a 2-minute certificate lifetime
-// per ztunnel version and pace, and logs the row the issue asks for:
-// handshakes, failures, ztunnel restarts and wall time (refused and resets
-// when the probe reports them). Gentle restarts ztunnel exactly once on a
+// per ztunnel version (1.28.1, 1.28.6, 1.30.0) and pace, and logs the row
+// the issue asks for: | ztunnel | pace | handshakes | failures | refused |
+// long-lived connections | resets | failed CSRs | ztunnel restarts | wall |. Gentle restarts ztunnel exactly once on a
 // version without CA_CERT_WATCHER and never on one with it; fast restarts
 // only proxies that lagged when it looked. No scenario fails a handshake.
 func TestPaceScenarios(t *testing.T) {
-	for _, version := range []string{"1.28", "1.30"} {
+	for _, version := range []string{"1.28", "1.28.6", "1.30"} {
 		for _, pace := range []rotate.Pace{rotate.PaceGentle, rotate.PaceFast} {
 			t.Run(version+"/"+string(pace), func(t *testing.T) {
-				s := startSandbox(t, healthy(sandbox.Options{Nodes: 2, CertTTL: 2 * time.Minute, ZtunnelVersion: version}))
+				t.Parallel()
+				// A 3 s grace period (drain deadline 2 s) lets every reset a
+				// restart causes happen before the probe is read.
+				s := startSandbox(t, healthy(sandbox.Options{Nodes: 2, CertTTL: 2 * time.Minute, ZtunnelVersion: version, GracePeriod: 3 * time.Second}))
 				tg := newTarget(t, s, "sandbox")
 				ctx := context.Background()
 				ds, err := s.Client().AppsV1().DaemonSets(sandbox.IstioNamespace).Get(ctx, sandbox.ZtunnelName, metav1.GetOptions{})
@@ -46,11 +50,19 @@ func TestPaceScenarios(t *testing.T) {
 				}
 				wall := time.Since(t0).Round(time.Second)
 				tg.assertFinal(t, root)
+				if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+					return s.Draining() == 0, nil
+				}); err != nil {
+					t.Fatalf("%d restarted proxies still draining a minute after the rotation", s.Draining())
+				}
 				zt := "daemonset/" + sandbox.IstioNamespace + "/" + sandbox.ZtunnelName
 				restarts := eng.Summary().RestartsOf(zt)
 				snap := s.Probe()
-				t.Logf("ztunnel %s (image tag %s, CA_CERT_WATCHER %v), pace %s: %d handshakes, %d failures, %d ztunnel restarts, wall %s",
-					version, tag, watches, pace, snap.Handshakes, snap.Failures, restarts, wall)
+				t.Logf("| %s | %s | %d | %d | %d | %d | %d | %d | %d | %s |", tag, pace,
+					snap.Handshakes, snap.Failures, snap.Refused, snap.Connections, snap.Resets, snap.IssuanceFailures, restarts, wall)
+				if snap.Refused != 0 || snap.IssuanceFailures != 0 {
+					t.Errorf("%s %s: %d refused, %d failed CSRs; want 0", tag, pace, snap.Refused, snap.IssuanceFailures)
+				}
 				for _, r := range eng.Summary().Restarts {
 					t.Logf("  restart %s %s (%s) x%d", r.Phase, r.Workload, r.Reason, r.Count)
 				}
@@ -63,6 +75,9 @@ func TestPaceScenarios(t *testing.T) {
 					}
 					if restarts != want {
 						t.Errorf("gentle on ztunnel %s restarted ztunnel %d times, want %d\n%s", tag, restarts, want, events.log.String())
+					}
+					if want == 0 && snap.Resets != 0 {
+						t.Errorf("gentle on ztunnel %s restarted nothing but %d long-lived connections reset", tag, snap.Resets)
 					}
 					for _, r := range eng.Summary().Restarts {
 						if r.Reason != rotate.ReasonCAChannel {
