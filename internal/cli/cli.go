@@ -63,8 +63,8 @@ func Exit(code int, err error) error { return &ExitError{Code: code, Err: err} }
 // already reported the problem on its streams.
 func Silent(code int) error { return &ExitError{Code: code} }
 
-// AnnotationMultiContext, set to "true" in a command's Annotations, lets it
-// take the global --context flag several times (one per cluster).
+// AnnotationMultiContext is the command annotation that, set to "true", lets
+// a command take the global --context flag several times (one per cluster).
 const AnnotationMultiContext = "meshca.io/multi-context"
 
 // Usage marks err as a usage error (exit 2).

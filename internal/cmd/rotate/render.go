@@ -130,11 +130,11 @@ type probeRow struct {
 // probeObserver snapshots the sandbox probe when a phase starts and when it
 // is proven.
 type probeObserver struct {
-	ctx          context.Context
-	dir          string
-	first, begin probeFigures
-	start        map[string]probeFigures
-	rows         []probeRow
+	ctx   context.Context
+	dir   string
+	first probeFigures
+	start map[string]probeFigures
+	rows  []probeRow
 }
 
 func newProbeObserver(ctx context.Context, dir string) *probeObserver {

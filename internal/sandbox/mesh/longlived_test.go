@@ -11,9 +11,8 @@ import (
 // targets is a probe's view of two ztunnel targets whose proxies the test
 // swaps, as the sandbox does across a pod restart.
 type targets struct {
-	mu  sync.Mutex
-	by  map[string]*Ztunnel // target → live proxy (nil: none)
-	ids map[string][]string
+	mu sync.Mutex
+	by map[string]*Ztunnel // target → live proxy (nil: none)
 }
 
 func (ts *targets) set(target string, z *Ztunnel) {

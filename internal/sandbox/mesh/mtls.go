@@ -360,14 +360,6 @@ func (s *mtlsServer) closed() bool {
 	return s.done
 }
 
-// isDraining reports whether the proxy is terminating: it still serves the
-// connections it holds, until its drain deadline.
-func (s *mtlsServer) isDraining() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.draining || s.done
-}
-
 // takeError returns and forgets the rejection reason recorded for the
 // client at remote.
 func (s *mtlsServer) takeError(remote string) (string, bool) {
