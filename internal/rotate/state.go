@@ -37,8 +37,10 @@ import (
 const (
 	CACertsSecret = "cacerts"
 	RecordName    = "meshca-rotation"
-	NextSecret    = "meshca-rotation-next"
-	recordKey     = "state.json"
+	// RecordKey is the key of the record's JSON in ConfigMap RecordName.
+	RecordKey  = "state.json"
+	NextSecret = "meshca-rotation-next"
+	recordKey  = RecordKey
 	// BackupPrefix starts the name of backup Secrets; the rest is the start
 	// of the SHA-256 of the backed-up data, so the name is the same on a
 	// re-run and a backup is never duplicated.
@@ -288,16 +290,23 @@ func (s store) writeNext(ctx context.Context, b *bundle.Bundle) error {
 
 // readRecord returns the rotation record, or nil when there is none.
 func (s store) readRecord(ctx context.Context) (*Record, error) {
-	cm, err := s.client.CoreV1().ConfigMaps(s.namespace).Get(ctx, RecordName, metav1.GetOptions{})
+	return ReadRecord(ctx, s.client, s.namespace)
+}
+
+// ReadRecord reads the rotation record (ConfigMap RecordName in the Istio
+// namespace), or nil when there is none. It is the one reader of the record
+// for the engine and for read-only users such as the exporter.
+func ReadRecord(ctx context.Context, client kubernetes.Interface, namespace string) (*Record, error) {
+	cm, err := client.CoreV1().ConfigMaps(namespace).Get(ctx, RecordName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read configmap %s/%s: %w", s.namespace, RecordName, err)
+		return nil, fmt.Errorf("read configmap %s/%s: %w", namespace, RecordName, err)
 	}
 	var r Record
 	if err := json.Unmarshal([]byte(cm.Data[recordKey]), &r); err != nil {
-		return nil, fmt.Errorf("configmap %s/%s: %s is not valid: %w", s.namespace, RecordName, recordKey, err)
+		return nil, fmt.Errorf("configmap %s/%s: %s is not a rotation record: %w", namespace, RecordName, recordKey, err)
 	}
 	r.resourceVersion = cm.ResourceVersion
 	return &r, nil
