@@ -176,6 +176,13 @@ func (l *lock) release(ctx context.Context) error {
 	return nil
 }
 
+// startLocked begins a run that writes (rotate, rollback): its clock starts
+// and it holds every cluster's rotation lock until unlock.
+func (e *Engine) startLocked(ctx context.Context) (context.Context, func(), error) {
+	e.started = e.opts.Now()
+	return e.lockClusters(ctx)
+}
+
 // lockClusters takes the rotation lock of every cluster before anything is
 // written, and keeps renewing them. The returned context is cancelled with
 // ErrLockLost when a lock cannot be renewed twice in a row; unlock stops

@@ -16,8 +16,7 @@ import (
 // one mesh share the root, so a cluster that issues under the new root
 // before every other trusts it would break cross-cluster mTLS).
 func (e *Engine) Run(ctx context.Context) error {
-	e.started = e.opts.Now()
-	ctx, unlock, err := e.lockClusters(ctx)
+	ctx, unlock, err := e.startLocked(ctx)
 	if err != nil {
 		return err
 	}

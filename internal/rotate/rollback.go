@@ -17,8 +17,7 @@ import (
 // it refuses: every proxy trusts only the new root, and restoring the old
 // CA would strand them all.
 func (e *Engine) Rollback(ctx context.Context) error {
-	e.started = e.opts.Now()
-	ctx, unlock, err := e.lockClusters(ctx)
+	ctx, unlock, err := e.startLocked(ctx)
 	if err != nil {
 		return err
 	}
