@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the sandbox's control-plane binaries (etcd as "server", kube-apiserver,
-# kube-controller-manager, kube-scheduler, kubectl, kwok, pilot-discovery) into
+# kube-controller-manager, kube-scheduler, kubectl, kwok, pilot-discovery and
+# pilot-agent, the real istio-agent the sandbox runs behind envoy pods) into
 # bin/ from the pinned tools/ module, and copies the assets the sandbox needs
 # (kwok's fast stages and PortForward CRD, istio's CRDs) into bin/assets/.
 #
@@ -15,7 +16,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-binaries=(server kube-apiserver kube-controller-manager kube-scheduler kubectl kwok pilot-discovery)
+binaries=(server kube-apiserver kube-controller-manager kube-scheduler kubectl kwok pilot-discovery pilot-agent)
 required_gb=10
 
 stamp="$(cat tools/go.mod tools/go.sum hack/controlplane.sh | sha256sum | cut -d' ' -f1)"
@@ -65,7 +66,7 @@ build() {
 	log="$(mktemp "${TMPDIR:-/tmp}/controlplane-build.XXXXXX")"
 	start=$SECONDS
 	(
-		cd tools && exec go build -trimpath -o ../bin/ -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37" go.etcd.io/etcd/server/v3 k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl sigs.k8s.io/kwok/cmd/kwok istio.io/istio/pilot/cmd/pilot-discovery
+		cd tools && exec go build -trimpath -o ../bin/ -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37" go.etcd.io/etcd/server/v3 k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl sigs.k8s.io/kwok/cmd/kwok istio.io/istio/pilot/cmd/pilot-discovery istio.io/istio/pilot/cmd/pilot-agent
 	) >"$log" 2>&1 &
 	pid=$!
 	trap 'kill "$pid" 2>/dev/null; rm -f "$log"; exit 130' INT TERM
