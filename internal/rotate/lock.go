@@ -74,8 +74,9 @@ func deadLocalHolder(holder string) bool {
 // root (a fingerprint, may be empty). A Lease held by another holder and
 // renewed within its duration refuses with ErrLocked, naming the holder;
 // an expired one is taken over with optimistic concurrency, so of two runs
-// taking it over at once only one wins.
-func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, holder, root string, now time.Time) (*lock, error) {
+// taking it over at once only one wins. breakLock takes over a live holder's
+// Lease too (--break-lock: the operator knows that run is gone).
+func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, holder, root string, now time.Time, breakLock bool) (*lock, error) {
 	leases := client.CoordinationV1().Leases(namespace)
 	l := &lock{client: client, namespace: namespace, holder: holder}
 	cur, err := leases.Get(ctx, LockName, metav1.GetOptions{})
@@ -95,9 +96,9 @@ func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, ho
 	case err != nil:
 		return nil, fmt.Errorf("read lease %s/%s: %w", namespace, LockName, err)
 	}
-	if h := ptr.Deref(cur.Spec.HolderIdentity, ""); h != "" && h != holder && !expired(cur, now) && !deadLocalHolder(h) {
+	if h := ptr.Deref(cur.Spec.HolderIdentity, ""); h != "" && h != holder && !expired(cur, now) && !deadLocalHolder(h) && !breakLock {
 		renewed := now.Sub(cur.Spec.RenewTime.Time).Round(time.Second)
-		return nil, fmt.Errorf("lease %s/%s: %w: held by %s (rotating to root %.12s, renewed %s ago, taken over %s after its last renewal if it stops); wait for it to finish, nothing was changed",
+		return nil, fmt.Errorf("lease %s/%s: %w: held by %s (rotating to root %.12s, renewed %s ago, taken over %s after its last renewal if it stops); wait for it to finish, nothing was changed (if that run is gone for good, --break-lock takes the lock over)",
 			namespace, LockName, ErrLocked, h, cur.Annotations[lockRootAnnotation], renewed, lockDuration)
 	}
 	cur = cur.DeepCopy()
@@ -135,6 +136,45 @@ func expired(l *coordinationv1.Lease, now time.Time) bool {
 	}
 	d := time.Duration(ptr.Deref(l.Spec.LeaseDurationSeconds, int32(lockDuration/time.Second))) * time.Second
 	return now.After(l.Spec.RenewTime.Add(d))
+}
+
+// LockInfo is who holds a cluster's rotation lock, for `meshca status`.
+type LockInfo struct {
+	// Holder is host/pid/suffix of the run that holds it.
+	Holder string `json:"holder"`
+	// Root is the fingerprint of the root that run rotates to ("" when it
+	// did not know it yet: a rollback).
+	Root string `json:"root,omitempty"`
+	// Acquired and Renewed are the Lease's times.
+	Acquired time.Time `json:"acquired"`
+	Renewed  time.Time `json:"renewed"`
+	// Expired is set when the holder stopped renewing: the next run takes
+	// the lock over.
+	Expired bool `json:"expired"`
+}
+
+// ReadLock returns the holder of namespace's rotation lock, or nil when no
+// run holds it.
+func ReadLock(ctx context.Context, client kubernetes.Interface, namespace string, now time.Time) (*LockInfo, error) {
+	l, err := client.CoordinationV1().Leases(namespace).Get(ctx, LockName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read lease %s/%s: %w", namespace, LockName, err)
+	}
+	h := ptr.Deref(l.Spec.HolderIdentity, "")
+	if h == "" {
+		return nil, nil
+	}
+	info := &LockInfo{Holder: h, Root: l.Annotations[lockRootAnnotation], Expired: expired(l, now) || deadLocalHolder(h)}
+	if l.Spec.AcquireTime != nil {
+		info.Acquired = l.Spec.AcquireTime.UTC()
+	}
+	if l.Spec.RenewTime != nil {
+		info.Renewed = l.Spec.RenewTime.UTC()
+	}
+	return info, nil
 }
 
 // renew extends the Lease, only while this holder still holds it.
@@ -202,7 +242,7 @@ func (e *Engine) lockClusters(ctx context.Context) (context.Context, func(), err
 		}
 	}
 	for _, c := range e.clusters {
-		l, err := acquireLock(ctx, c.Client, c.Namespace, holder, e.lockRoot(c), e.opts.Now())
+		l, err := acquireLock(ctx, c.Client, c.Namespace, holder, e.lockRoot(c), e.opts.Now(), e.opts.BreakLock)
 		if err != nil {
 			unlockAll()
 			return nil, nil, fmt.Errorf("cluster %s: %w", c.Name, err)

@@ -15,6 +15,7 @@
 package rotate
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -31,6 +32,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/internal/bundle"
+	"github.com/meshca/meshca/internal/pki"
 )
 
 // Names of the objects meshca keeps next to cacerts.
@@ -150,6 +152,16 @@ func (r *Record) finished() bool {
 	return r.proven(PhaseRetire)
 }
 
+// written reports whether phase p's bundle was written.
+func (r *Record) written(p Phase) bool {
+	for _, t := range r.Transitions {
+		if t.Phase == p && t.Written != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // proven reports whether phase p was proven on the fleet.
 func (r *Record) proven(p Phase) bool {
 	for _, t := range r.Transitions {
@@ -258,34 +270,106 @@ func (s store) readBackup(ctx context.Context, name string) (*bundle.Bundle, err
 	return bundle.FromSecretData("secret "+s.namespace+"/"+name, sec.Data)
 }
 
-// readNext returns the pending new bundle, or nil when there is none.
-func (s store) readNext(ctx context.Context) (*bundle.Bundle, error) {
+// readNext returns the pending new bundle and its Secret's resourceVersion,
+// or nil and "" when there is none.
+func (s store) readNext(ctx context.Context) (*bundle.Bundle, string, error) {
 	sec, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, NextSecret, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, nil
+		return nil, "", nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read secret %s/%s: %w", s.namespace, NextSecret, err)
+		return nil, "", fmt.Errorf("read secret %s/%s: %w", s.namespace, NextSecret, err)
 	}
-	return bundle.FromSecretData("secret "+s.namespace+"/"+NextSecret, sec.Data)
+	b, err := bundle.FromSecretData("secret "+s.namespace+"/"+NextSecret, sec.Data)
+	return b, sec.ResourceVersion, err
 }
 
-// writeNext stores the pending new bundle.
-func (s store) writeNext(ctx context.Context, b *bundle.Bundle) error {
+// writeNext stores the pending new bundle, guarded like cacerts: created
+// only when absent (rv ""), otherwise updated only if the Secret is still at
+// resourceVersion rv, so a run never replaces a pending intermediate it did
+// not read.
+func (s store) writeNext(ctx context.Context, b *bundle.Bundle, rv string) error {
 	secrets := s.client.CoreV1().Secrets(s.namespace)
 	sec := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: NextSecret, Namespace: s.namespace, Labels: map[string]string{LabelManagedBy: managedBy}},
+		ObjectMeta: metav1.ObjectMeta{Name: NextSecret, Namespace: s.namespace, Labels: map[string]string{LabelManagedBy: managedBy}, ResourceVersion: rv},
 		Type:       corev1.SecretTypeOpaque,
 		Data:       b.SecretData(),
 	}
-	_, err := secrets.Create(ctx, sec, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
+	var err error
+	if rv == "" {
+		_, err = secrets.Create(ctx, sec, metav1.CreateOptions{})
+	} else {
 		_, err = secrets.Update(ctx, sec, metav1.UpdateOptions{})
+	}
+	if apierrors.IsAlreadyExists(err) || apierrors.IsConflict(err) {
+		return fmt.Errorf("%w (secret %s/%s changed since it was read): nothing was overwritten; run meshca status to see who rotates, then run meshca rotate again", ErrConcurrentEdit, s.namespace, NextSecret)
 	}
 	if err != nil {
 		return fmt.Errorf("write secret %s/%s: %w", s.namespace, NextSecret, err)
 	}
 	return nil
+}
+
+// deleteNext deletes the pending bundle once nothing needs it (its phase is
+// proven, or the rotation was rolled back): it holds a copy of a CA private
+// key, and a key kept where it is not needed is a key that can leak. Only a
+// Secret holding signer is deleted (with its resourceVersion as
+// precondition): a pending bundle of another rotation is left alone. It
+// reports whether a Secret was deleted.
+func (s store) deleteNext(ctx context.Context, signer string) (bool, error) {
+	secrets := s.client.CoreV1().Secrets(s.namespace)
+	sec, err := secrets.Get(ctx, NextSecret, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read secret %s/%s: %w", s.namespace, NextSecret, err)
+	}
+	b, err := bundle.FromSecretData("secret "+s.namespace+"/"+NextSecret, sec.Data)
+	if err != nil {
+		return false, err
+	}
+	p, err := b.Parse()
+	if err != nil || pki.Fingerprint(p.Signer) != signer {
+		return false, nil
+	}
+	err = secrets.Delete(ctx, NextSecret, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &sec.ResourceVersion}})
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("delete secret %s/%s: %w", s.namespace, NextSecret, err)
+	}
+	return true, nil
+}
+
+// pendingFromCACerts rebuilds the pending bundle of rotation r from cacerts
+// once cacerts signs with the new intermediate (so Secret NextSecret, a
+// second copy of that key, is no longer kept): the signer, key and chain of
+// cacerts, and the new root's exact bytes from its root-cert.pem.
+func pendingFromCACerts(cur *bundle.Bundle, r *Record) (*bundle.Bundle, error) {
+	roots, err := cur.ParseRoots()
+	if err != nil {
+		return nil, err
+	}
+	blocks, err := pki.DecodeBlocks(cur.Source, cur.RootCert)
+	if err != nil {
+		return nil, err
+	}
+	for _, root := range roots {
+		if pki.Fingerprint(root) != r.NewRoot {
+			continue
+		}
+		for _, b := range blocks {
+			if bytes.Equal(b.Bytes, root.Raw) {
+				next := cur.Clone()
+				next.RootCert = bytes.Clone(cur.RootCert[b.Start:b.End])
+				next.Source = "the new CA as cacerts holds it"
+				return next, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("secret %s: root-cert.pem does not hold the new root %.12s recorded in configmap %s", CACertsSecret, r.NewRoot, RecordName)
 }
 
 // readRecord returns the rotation record, or nil when there is none.
