@@ -13,3 +13,5 @@ if ((${#missing[@]})); then
 fi
 # promtool tests the alert rules of deploy/prometheus (see hack/promtool.sh).
 "$(dirname "$0")/promtool.sh"
+# chromium and tidy test the HTML rotation report (see hack/chromium.sh).
+"$(dirname "$0")/chromium.sh"

@@ -51,6 +51,9 @@ func Run(ctx context.Context, args []string, env *cli.Env) int {
 	if env.Now == nil {
 		env.Now = time.Now
 	}
+	if env.Version == "" {
+		env.Version = version()
+	}
 	streams := env.Streams
 	root := NewRootCmd(env)
 	root.SetArgs(args)
@@ -111,7 +114,7 @@ phases (trust, issue, retire), and works offline on CA material too.
 	env.Kube.AddFlags(root.PersistentFlags())
 	root.PersistentFlags().StringArrayVar(&env.Contexts, "context", nil, "the name of the kubeconfig context to use; rotate, status and rollback take it once per cluster of a multi-cluster mesh")
 
-	root.AddCommand(newVersionCmd(env), ca.NewCmd(env), checkcmd.NewCmd(env), ztunnel.NewCmd(env), proxy.NewCmd(env), verify.NewCmd(env), sandboxcmd.NewCmd(env), rotatecmd.NewCmd(env), rotatecmd.NewStatusCmd(env), rotatecmd.NewRollbackCmd(env), exportercmd.NewCmd(env))
+	root.AddCommand(newVersionCmd(env), ca.NewCmd(env), checkcmd.NewCmd(env), ztunnel.NewCmd(env), proxy.NewCmd(env), verify.NewCmd(env), sandboxcmd.NewCmd(env), rotatecmd.NewCmd(env), rotatecmd.NewStatusCmd(env), rotatecmd.NewRollbackCmd(env), rotatecmd.NewReportCmd(env), exportercmd.NewCmd(env))
 	return root
 }
 
@@ -121,14 +124,19 @@ func newVersionCmd(env *cli.Env) *cobra.Command {
 		Short: "Print meshca's version",
 		Args:  cobra.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
-			v := Version
-			if info, ok := debug.ReadBuildInfo(); ok && v == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
-				v = info.Main.Version
-			}
-			_, err := fmt.Fprintf(env.Streams.Out, "meshca %s\n", v)
+			_, err := fmt.Fprintf(env.Streams.Out, "meshca %s\n", version())
 			return err
 		},
 	}
+}
+
+// version is Version, or the module version of a go install'ed binary.
+func version() string {
+	v := Version
+	if info, ok := debug.ReadBuildInfo(); ok && v == "dev" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+		v = info.Main.Version
+	}
+	return v
 }
 
 // setupLogging sends slog to stderr, at debug level under -v, and routes

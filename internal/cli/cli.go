@@ -38,6 +38,8 @@ type Env struct {
 	Contexts []string
 	// Now is the clock; never nil once app has built the Env.
 	Now func() time.Time
+	// Version is meshca's version, for what it writes (reports).
+	Version string
 }
 
 // ExitError carries an exit code with an error. A nil Err means the command

@@ -2,6 +2,8 @@ package rotate
 
 import (
 	"time"
+
+	"github.com/meshca/meshca/internal/verify"
 )
 
 // EventKind says what happened. The kinds are part of the JSON schema of
@@ -68,6 +70,7 @@ const (
 //	{"time":"RFC 3339","elapsed":seconds,"kind":"<EventKind>","cluster":"<context>",
 //	 "phase":"trust|issue|retire|none|complete|rolled-back","workload":"kind/namespace/name",
 //	 "object":"namespace/name","converged":n,"total":n,"expected":"RFC 3339",
+//	 "kinds":[{"kind":"ztunnel|waypoint|gateway|sidecar","converged":n,"total":n}],
 //	 "duration":seconds,"waiting":seconds,"newRoot":"sha256","newSigner":"sha256","reason":"...","detail":"..."}
 type Event struct {
 	// Time is when it happened; Elapsed is seconds since the run started.
@@ -84,6 +87,9 @@ type Event struct {
 	// Converged and Total count proxies holding the phase.
 	Converged int `json:"converged,omitempty"`
 	Total     int `json:"total,omitempty"`
+	// Kinds splits Converged and Total per proxy kind, for the kinds
+	// present (lagging, converging).
+	Kinds []KindCount `json:"kinds,omitempty"`
 	// Expected is when the last lagging proxy refreshes by itself.
 	Expected *time.Time `json:"expected,omitempty"`
 	// Duration of a restart or a phase, in seconds.
@@ -99,6 +105,25 @@ type Event struct {
 	Reason string `json:"reason,omitempty"`
 	// Detail is for humans; match on Kind and the typed fields, never on it.
 	Detail string `json:"detail,omitempty"`
+}
+
+// KindCount is how many proxies of one kind hold the phase.
+type KindCount struct {
+	Kind      string `json:"kind"`
+	Converged int    `json:"converged"`
+	Total     int    `json:"total"`
+}
+
+// kindCounts splits a verification per proxy kind, leaving out the kinds
+// the fleet does not have.
+func kindCounts(rep *verify.Report) []KindCount {
+	var out []KindCount
+	for _, k := range rep.Kinds {
+		if k.Total > 0 {
+			out = append(out, KindCount{Kind: string(k.Kind), Converged: k.Total - k.Failing(), Total: k.Total})
+		}
+	}
+	return out
 }
 
 // Observer receives the engine's events, in order, from one goroutine.

@@ -159,7 +159,7 @@ func (e *Engine) converge(ctx context.Context, st *state, p Phase, rootPEM []byt
 	if rep.OK() {
 		return waited, nil
 	}
-	e.emit(Event{Kind: EventLagging, Cluster: st.c.Name, Phase: p, Converged: rep.Total.Total - rep.Total.Failing(), Total: rep.Total.Total,
+	e.emit(Event{Kind: EventLagging, Cluster: st.c.Name, Phase: p, Converged: rep.Total.Total - rep.Total.Failing(), Total: rep.Total.Total, Kinds: kindCounts(rep),
 		Detail: fmt.Sprintf("phase %s: %d of %d proxies lag", p, rep.Total.Failing(), rep.Total.Total)})
 	if e.opts.Pace == PaceFast {
 		refs, err := e.lagRestarts(ctx, st, rep, zs, restarted)
@@ -274,7 +274,7 @@ func (e *Engine) waitConverged(ctx context.Context, st *state, p Phase, exp veri
 		last = rep
 		if n := rep.Total.Total - rep.Total.Failing(); n != lastConverged {
 			lastConverged = n
-			ev := Event{Kind: EventConverging, Cluster: st.c.Name, Phase: p, Converged: n, Total: rep.Total.Total,
+			ev := Event{Kind: EventConverging, Cluster: st.c.Name, Phase: p, Converged: n, Total: rep.Total.Total, Kinds: kindCounts(rep),
 				Detail: fmt.Sprintf("phase %s: %d/%d proxies hold the phase", p, n, rep.Total.Total)}
 			if !expected.IsZero() && !rep.OK() {
 				t := expected.UTC()

@@ -22,6 +22,7 @@ import (
 	"github.com/meshca/meshca/internal/mesh"
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/report"
+	"github.com/meshca/meshca/internal/report/htmlreport"
 	"github.com/meshca/meshca/internal/rotate"
 )
 
@@ -77,6 +78,7 @@ type rotateOptions struct {
 	reloadTimeout, rolloutTimeout                       time.Duration
 	verifyTimeout                                       time.Duration
 	sandboxDir                                          string
+	report                                              string
 }
 
 // NewCmd returns `meshca rotate`.
@@ -177,6 +179,7 @@ fleet that did not converge (the lagging proxies are named); 2 usage error.`,
 	f.DurationVar(&o.rolloutTimeout, "rollout-timeout", 10*time.Minute, "timeout of each rollout")
 	f.DurationVar(&o.verifyTimeout, "verify-timeout", 0, "how long the fleet may take to converge in each phase (default 5m with --pace fast, the workload certificate lifetime with --pace gentle)")
 	f.StringVar(&o.sandboxDir, "sandbox", "", "a meshca sandbox directory: report its probe's handshakes, failures, refused connections and resets per phase")
+	f.StringVar(&o.report, "report", "", "write the run's HTML report to this file at the end (also when the run fails, up to where it stopped); with --sandbox it charts the probe")
 	f.StringVarP(&o.output, "output", "o", "table", "table (progress on stderr, summary on stdout), or json (the events as JSON lines on stdout; with --plan, the plan as one JSON document)")
 	return cmd
 }
@@ -260,14 +263,35 @@ func (o *rotateOptions) run(ctx context.Context, env *cli.Env) error {
 	if format == report.JSON {
 		obs = &jsonObserver{enc: json.NewEncoder(env.Streams.Out)}
 	}
+	var events *htmlreport.Builder
+	var sampler *probeSampler
+	if o.report != "" {
+		events = htmlreport.NewBuilder()
+		if o.sandboxDir != "" {
+			sampler = startProbeSampler(ctx, o.sandboxDir, env.Now)
+		}
+	}
 	opts.Observer = rotate.ObserverFunc(func(ev rotate.Event) {
 		probe.Observe(ev)
 		obs.Observe(ev)
+		if events != nil {
+			events.Observe(ev)
+		}
 	})
 	eng := rotate.New(clusters, opts)
 	runErr := eng.Run(ctx)
 	if format != report.JSON {
 		printSummary(env.Streams.Out, eng.Summary(), probe)
+	}
+	if o.report != "" {
+		var samples []htmlreport.ProbeSample
+		if sampler != nil {
+			samples = sampler.finish(ctx, o.sandboxDir, env.Now)
+		}
+		if err := writeReport(ctx, env, "meshca rotate --report", o.report, clusters, events, samples); err != nil {
+			return errors.Join(runErr, fmt.Errorf("report %s: %w", o.report, err))
+		}
+		_, _ = fmt.Fprintf(env.Streams.ErrOut, "wrote the report %s\n", o.report)
 	}
 	return runErr
 }
