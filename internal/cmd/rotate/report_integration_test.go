@@ -67,9 +67,12 @@ func TestRotationReports(t *testing.T) {
 		}
 		return root
 	}
+	rotateArgs := func(extra ...string) []string {
+		return append([]string{"rotate", "--kubeconfig", sb.Kubeconfig(), "--yes", "--key-type", "ecdsa-p256", "--sandbox", sb.Dir(),
+			"--reload-timeout", "1m", "--rollout-timeout", "2m", "--verify-timeout", "3m", "-o", "json"}, extra...)
+	}
 	rotate := func(report string, extra ...string) string {
-		args := append([]string{"rotate", "--kubeconfig", sb.Kubeconfig(), "--yes", "--key-type", "ecdsa-p256", "--sandbox", sb.Dir(),
-			"--reload-timeout", "1m", "--rollout-timeout", "2m", "--verify-timeout", "3m", "--report", report, "-o", "json"}, extra...)
+		args := rotateArgs(append(extra, "--report", report)...)
 		code, stdout, stderr := run(t, args...)
 		if code != 0 {
 			t.Fatalf("meshca %s: exit %d\n%s", strings.Join(args, " "), code, stderr)
@@ -91,8 +94,11 @@ func TestRotationReports(t *testing.T) {
 		if err != nil || len(bytes.TrimSpace(out)) > 0 {
 			t.Errorf("tidy %s: %v\n%s", path, err, out)
 		}
-		st, _ := os.Stat(path)
-		t.Logf("%s: %d bytes, tidy: no warning, no error; screenshot %s (page %dx%d CSS px)", path, st.Size(), png, page.Width, page.Height)
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %d bytes, tidy said: %q; screenshot %s (page %dx%d CSS px)", path, st.Size(), bytes.TrimSpace(out), png, page.Width, page.Height)
 	}
 
 	// Phased, with the events saved as -o json writes them.
@@ -165,4 +171,22 @@ func TestRotationReports(t *testing.T) {
 		t.Logf("phased probe over the run: %d handshakes, %d failed, %d refused, %d resets", last.Handshakes-first.Handshakes, last.Failures-first.Failures, last.Refused-first.Refused, last.Resets-first.Resets)
 	}
 	check(oneStepHTML, oneStep)
+
+	// A run that fails still writes its report, up to where it stopped:
+	// trust of a new rotation, then a one-step run, which refuses to
+	// start in the middle of a phased rotation.
+	root3 := newRoot("root-3")
+	if code, _, stderr := run(t, rotateArgs("--root", root3, "--until", "trust")...); code != 0 {
+		t.Fatalf("rotate --until trust: exit %d\n%s", code, stderr)
+	}
+	failedHTML := filepath.Join(dir, "failed.html")
+	code, _, stderr := run(t, rotateArgs("--root", root3, "--strategy", "one-step", "--i-accept-downtime", "--report", failedHTML)...)
+	if code == 0 {
+		t.Fatalf("a one-step run in the middle of a phased rotation succeeded\n%s", stderr)
+	}
+	failed := readReport(t, failedHTML)
+	if f := failed.Clusters[0]; len(f.Bands) != 1 || f.Bands[0].Phase != "trust" || f.Strategy != "phased" {
+		t.Errorf("report of the failed run: strategy %q, bands %+v; want the phased rotation standing in trust", f.Strategy, f.Bands)
+	}
+	t.Logf("failed run (exit %d): report %s written; its findings: %+v", code, failedHTML, failed.Clusters[0].Findings)
 }

@@ -70,8 +70,8 @@ func (d *drawing) x(t time.Time) float64 {
 func esc(s string) string { return html.EscapeString(s) }
 
 func (d *drawing) label(y int, text, class string) {
-	if len(text) > 28 {
-		text = text[:27] + "…"
+	if r := []rune(text); len(r) > 26 {
+		text = string(r[:25]) + "…"
 	}
 	fmt.Fprintf(&d.b, `<text class="lane %s" x="%d" y="%d">%s</text>`, class, labelWidth-8, y, esc(text))
 }
@@ -144,14 +144,16 @@ func (d *drawing) cluster(c Cluster, y int) int {
 	// Convergence per kind.
 	if len(c.Convergence) > 0 {
 		y = d.chart(y, "proxies holding the phase", "100%", func(top float64) {
-			for _, s := range c.Convergence {
+			for k, s := range c.Convergence {
 				var pts []string
 				for i, p := range s.Points {
 					f := 0.0
 					if p.Total > 0 {
 						f = float64(p.Converged) / float64(p.Total)
 					}
-					py := top + chartHeight - f*chartHeight
+					// Each kind 2.5 units lower than the one before, so
+					// that kinds at the same share stay visible.
+					py := top + chartHeight - f*chartHeight + float64(k)*2.5
 					px := d.x(p.Time)
 					if i > 0 {
 						pts = append(pts, fmt.Sprintf("%.1f,%s", px, strings.Split(pts[len(pts)-1], ",")[1]))
@@ -332,14 +334,16 @@ func seriesTitle(s Series) string {
 	return fmt.Sprintf("%s: %d/%d hold phase %s at %s", s.Kind, last.Converged, last.Total, last.Phase, last.Time.Format(time.TimeOnly))
 }
 
-// shortWorkload drops the namespace of kind/namespace/name when long.
+// shortWorkload is the lane label of a restarted kind/namespace/name:
+// namespace/name, or the name alone when that is too long (the tooltip has
+// it all).
 func shortWorkload(w string) string {
-	if len(w) <= 28 {
+	parts := strings.Split(w, "/")
+	if len(parts) != 3 {
 		return w
 	}
-	parts := strings.Split(w, "/")
-	if len(parts) == 3 {
-		return parts[0] + "/" + parts[2]
+	if s := parts[1] + "/" + parts[2]; len(s) <= 24 {
+		return s
 	}
-	return w
+	return parts[2]
 }
