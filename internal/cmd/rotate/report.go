@@ -65,7 +65,7 @@ same report at the end of a run.`,
 			if err != nil {
 				return err
 			}
-			if err := writeReport(cmd.Context(), env, "meshca report", out, cs, b, nil); err != nil {
+			if err := writeReport(cmd.Context(), env, "meshca report", out, cs, b, nil, nil); err != nil {
 				return err
 			}
 			_, _ = fmt.Fprintf(env.Streams.ErrOut, "wrote %s\n", out)
@@ -79,12 +79,16 @@ same report at the end of a run.`,
 }
 
 // writeReport builds the report of clusters — what each holds, the events
-// folded in b (nil: none) and the probe's samples — and writes it to path.
-// It reads even after ctx ended (an interrupted run still gets its report).
-func writeReport(ctx context.Context, env *cli.Env, by, path string, cs []*rotate.Cluster, b *htmlreport.Builder, probe []htmlreport.ProbeSample) error {
+// folded in b (nil: none), the probe's samples and why the run failed
+// (runErr, nil when it did not) — and writes it to path. It reads even after
+// ctx ended (an interrupted run still gets its report).
+func writeReport(ctx context.Context, env *cli.Env, by, path string, cs []*rotate.Cluster, b *htmlreport.Builder, probe []htmlreport.ProbeSample, runErr error) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reportTimeout)
 	defer cancel()
 	m := &htmlreport.Model{Generated: env.Now().UTC(), By: by, Version: env.Version, Probe: probe}
+	if runErr != nil {
+		m.RunError = runErr.Error()
+	}
 	var errs []error
 	for _, c := range cs {
 		rc, err := htmlreport.Collect(ctx, c)

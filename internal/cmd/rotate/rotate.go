@@ -288,7 +288,7 @@ func (o *rotateOptions) run(ctx context.Context, env *cli.Env) error {
 		if sampler != nil {
 			samples = sampler.finish(ctx, o.sandboxDir, env.Now)
 		}
-		if err := writeReport(ctx, env, "meshca rotate --report", o.report, clusters, events, samples); err != nil {
+		if err := writeReport(ctx, env, "meshca rotate --report", o.report, clusters, events, samples, runErr); err != nil {
 			return errors.Join(runErr, fmt.Errorf("report %s: %w", o.report, err))
 		}
 		_, _ = fmt.Fprintf(env.Streams.ErrOut, "wrote the report %s\n", o.report)

@@ -16,7 +16,7 @@ import (
 // and a screenshot saved in the test's directory.
 func TestScreenshot(t *testing.T) {
 	chromium := browsertest.NeedTool(t, "chromium", "chromium-browser")
-	m := synthetic(200)
+	m := synthetic(60)
 	// MESHCA_SCREENSHOT_DIR keeps the page and its screenshots after the
 	// test (its temporary directory is removed).
 	dir := os.Getenv("MESHCA_SCREENSHOT_DIR")

@@ -32,6 +32,8 @@ type Model struct {
 	// HasEvents is true when the engine's events were available (always
 	// with rotate --report; with meshca report only given --events).
 	HasEvents bool `json:"hasEvents"`
+	// RunError is why the run stopped, when it failed (rotate --report).
+	RunError string `json:"runError,omitempty"`
 	// Start and End bound the time axis.
 	Start time.Time `json:"start"`
 	End   time.Time `json:"end"`
