@@ -141,8 +141,14 @@ func (d *drawing) cluster(c Cluster, y int) int {
 	if len(c.Restarts) > 0 {
 		y += gap
 	}
-	// Convergence per kind.
-	if len(c.Convergence) > 0 {
+	// Convergence per kind; a fleet that held each phase at its first
+	// verification has nothing to draw and gets a line saying so.
+	if len(c.Convergence) > 0 && !d.visible(c.Convergence) {
+		d.label(y+11, "proxies holding the phase", "")
+		fmt.Fprintf(&d.b, `<text class="small" x="%d" y="%d">%s</text>`, labelWidth+4, y+11, esc("every proxy held the phase when first verified: no curve to draw"))
+		y += restartRow + gap
+	}
+	if d.visible(c.Convergence) {
 		y = d.chart(y, "proxies holding the phase", "100%", func(top float64) {
 			for k, s := range c.Convergence {
 				var pts []string
@@ -166,6 +172,17 @@ func (d *drawing) cluster(c Cluster, y int) int {
 	}
 	d.b.WriteString(`</g>`)
 	return y + gap
+}
+
+// visible reports whether a convergence curve spans at least 2% of the
+// axis: shorter, it would be a dot at the proof.
+func (d *drawing) visible(ss []Series) bool {
+	for _, s := range ss {
+		if n := len(s.Points); n > 1 && s.Points[n-1].Time.Sub(s.Points[0].Time) >= d.span/50 {
+			return true
+		}
+	}
+	return false
 }
 
 // chart draws a framed chart of chartHeight from y with label and the top
