@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs headless Chromium and tidy for the HTML rotation report's tests
-# (internal/report/html): TestScreenshot opens the report in Debian's
-# chromium over the DevTools protocol, TestValidHTML runs `tidy` (HTML5) on
+# (internal/report/htmlreport): TestScreenshot opens the report in Debian's
+# chromium over the DevTools protocol (also internal/cmd/rotate's
+# TestRotationReports), TestValidHTML runs `tidy` (HTML5) on
 # it. Only the binaries are wanted: no recommends, no fonts beyond the
 # package's dependencies.
 set -euo pipefail
