@@ -278,7 +278,7 @@ func (s store) backup(ctx context.Context, cur *bundle.Bundle, last *Record, now
 		name = BackupPrefix + id
 		_, err = secrets.Create(ctx, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.namespace,
-				Labels: map[string]string{LabelManagedBy: managedBy, labelBackupOf: CACertsSecret, labelContentHash: hash, labelRotationID: id},
+				Labels:      map[string]string{LabelManagedBy: managedBy, labelBackupOf: CACertsSecret, labelContentHash: hash, labelRotationID: id},
 				Annotations: map[string]string{annotationBackupTaken: now.UTC().Format(time.RFC3339)},
 			},
 			Type: corev1.SecretTypeOpaque,
