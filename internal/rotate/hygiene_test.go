@@ -272,7 +272,7 @@ func TestRotationNamesAnAPIServerThatStopped(t *testing.T) {
 	if !errors.As(err, &lost) {
 		t.Fatalf("run = %v, want a *kube.APIUnreachableError\n%s", err, log.String())
 	}
-	for _, want := range []string{"this run had written to cacerts: cluster sandbox: phase trust", "run meshca rotate again"} {
+	for _, want := range []string{"this run had written to cacerts: cluster sandbox: phase trust", "re-run the same command", "the command to re-run: meshca rotate"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}

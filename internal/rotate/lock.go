@@ -336,7 +336,7 @@ func (e *Engine) explainAPILoss(ctx context.Context, err error, command string) 
 	if w := e.summary.Written; len(w) > 0 {
 		written = "this run had written to cacerts: " + strings.Join(w, "; ")
 	}
-	return fmt.Errorf("%w: the run stopped; %s. When the API server answers again, run %s again: it reads the phase from cacerts and continues from there", lost, written, command)
+	return fmt.Errorf("%w (%s; the command to re-run: %s)", lost, written, command)
 }
 
 // lockRoot is the root a run for c rotates to, as the lock shows it to a
