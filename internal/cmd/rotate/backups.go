@@ -36,15 +36,11 @@ func newBackupsListCmd(env *cli.Env) *cobra.Command {
 		Short: "List the cacerts backups, newest first, with what they hold and what uses them",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			format, err := report.ParseFormat(output, report.Table, report.JSON, report.YAML)
-			if err != nil {
-				return cli.Exit(cli.ExitUsage, err)
-			}
-			clusters, err := clusters(env, nil)
+			format, eng, err := readEngine(env, output)
 			if err != nil {
 				return err
 			}
-			bs, err := rotate.New(clusters, rotate.Options{Now: env.Now}).Backups(cmd.Context())
+			bs, err := eng.Backups(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -97,15 +93,11 @@ is taking its backup. --dry-run shows what would be deleted.`,
 			if keep < 0 {
 				return cli.Usage("--keep %d: give 0 or more", keep)
 			}
-			format, err := report.ParseFormat(output, report.Table, report.JSON, report.YAML)
-			if err != nil {
-				return cli.Exit(cli.ExitUsage, err)
-			}
-			clusters, err := clusters(env, nil)
+			format, eng, err := readEngine(env, output)
 			if err != nil {
 				return err
 			}
-			res, err := rotate.New(clusters, rotate.Options{Now: env.Now}).PruneBackups(cmd.Context(), keep, dryRun)
+			res, err := eng.PruneBackups(cmd.Context(), keep, dryRun)
 			if err != nil {
 				return err
 			}

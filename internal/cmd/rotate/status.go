@@ -36,15 +36,11 @@ JSON: {"clusters":[{"context", "phase", "backupSecret", "oldRoots":[fp],
 (fingerprints: lowercase hex SHA-256 of the DER).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			format, err := report.ParseFormat(output, report.Table, report.JSON, report.YAML)
-			if err != nil {
-				return cli.Exit(cli.ExitUsage, err)
-			}
-			clusters, err := clusters(env, nil)
+			format, eng, err := readEngine(env, output)
 			if err != nil {
 				return err
 			}
-			sts, err := rotate.New(clusters, rotate.Options{Now: env.Now}).Status(cmd.Context())
+			sts, err := eng.Status(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -60,6 +56,20 @@ JSON: {"clusters":[{"context", "phase", "backupSecret", "oldRoots":[fp],
 	multiContext(cmd)
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, json or yaml")
 	return cmd
+}
+
+// readEngine parses -o (table, json or yaml) and connects to the clusters of
+// a command that reads or prunes rotation state (status, backups).
+func readEngine(env *cli.Env, output string) (report.Format, *rotate.Engine, error) {
+	format, err := report.ParseFormat(output, report.Table, report.JSON, report.YAML)
+	if err != nil {
+		return "", nil, cli.Exit(cli.ExitUsage, err)
+	}
+	clusters, err := clusters(env, nil)
+	if err != nil {
+		return "", nil, err
+	}
+	return format, rotate.New(clusters, rotate.Options{Now: env.Now}), nil
 }
 
 func printStatus(env *cli.Env, s rotate.ClusterStatus) {
