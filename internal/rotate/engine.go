@@ -380,7 +380,11 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 	if err := checkNewCA(st.c, e.opts.Root, now); err != nil {
 		return err
 	}
-	name, err := st.s.backup(ctx, st.cur)
+	last, err := st.s.readRecord(ctx)
+	if err != nil {
+		return err
+	}
+	name, id, err := st.s.backup(ctx, st.cur, last, now)
 	if err != nil {
 		return err
 	}
@@ -417,6 +421,7 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 		strategy = "one-step"
 	}
 	st.record = &Record{
+		ID:        id,
 		Strategy:  strategy,
 		OldRoots:  uniqueFPs(oldP.Roots),
 		OldSigner: pki.Fingerprint(oldP.Signer),

@@ -15,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+
+	"github.com/meshca/meshca/internal/kube"
 )
 
 // LockName is the Lease in the Istio namespace that makes one rotation at a
@@ -88,7 +90,7 @@ func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, ho
 		}
 		if _, err := leases.Create(ctx, lease, metav1.CreateOptions{}); err != nil {
 			if apierrors.IsAlreadyExists(err) {
-				return nil, fmt.Errorf("lease %s/%s: %w: it was taken a moment ago; run meshca status", namespace, LockName, ErrLocked)
+				return nil, takenMeanwhile(ctx, client, namespace, now)
 			}
 			return nil, fmt.Errorf("create lease %s/%s: %w", namespace, LockName, err)
 		}
@@ -97,9 +99,7 @@ func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, ho
 		return nil, fmt.Errorf("read lease %s/%s: %w", namespace, LockName, err)
 	}
 	if h := ptr.Deref(cur.Spec.HolderIdentity, ""); h != "" && h != holder && !expired(cur, now) && !deadLocalHolder(h) && !breakLock {
-		renewed := now.Sub(cur.Spec.RenewTime.Time).Round(time.Second)
-		return nil, fmt.Errorf("lease %s/%s: %w: held by %s (rotating to root %.12s, renewed %s ago, taken over %s after its last renewal if it stops); wait for it to finish, nothing was changed (if that run is gone for good, --break-lock takes the lock over)",
-			namespace, LockName, ErrLocked, h, cur.Annotations[lockRootAnnotation], renewed, lockDuration)
+		return nil, heldBy(cur, now)
 	}
 	cur = cur.DeepCopy()
 	acquired := now
@@ -113,11 +113,32 @@ func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, ho
 	cur.Annotations[lockRootAnnotation] = root
 	if _, err := leases.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
 		if apierrors.IsConflict(err) {
-			return nil, fmt.Errorf("lease %s/%s: %w: another run took it over at the same moment; run meshca status", namespace, LockName, ErrLocked)
+			return nil, takenMeanwhile(ctx, client, namespace, now)
 		}
 		return nil, fmt.Errorf("take over lease %s/%s: %w", namespace, LockName, err)
 	}
 	return l, nil
+}
+
+// heldBy is the refusal of a run that finds the lock held: who holds it,
+// for which root, and what to do.
+func heldBy(cur *coordinationv1.Lease, now time.Time) error {
+	renewed := "never renewed"
+	if cur.Spec.RenewTime != nil {
+		renewed = "renewed " + now.Sub(cur.Spec.RenewTime.Time).Round(time.Second).String() + " ago"
+	}
+	return fmt.Errorf("lease %s/%s: %w: held by %s (rotating to root %.12s, %s, taken over %s after its last renewal if it stops); wait for it to finish, nothing was changed (if that run is gone for good, --break-lock takes the lock over)",
+		cur.Namespace, LockName, ErrLocked, ptr.Deref(cur.Spec.HolderIdentity, ""), cur.Annotations[lockRootAnnotation], renewed, lockDuration)
+}
+
+// takenMeanwhile is the refusal of a run that lost the race to create or
+// take over the lock: it reads the winner back to name it.
+func takenMeanwhile(ctx context.Context, client kubernetes.Interface, namespace string, now time.Time) error {
+	cur, err := client.CoordinationV1().Leases(namespace).Get(ctx, LockName, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("lease %s/%s: %w: another run took it a moment ago; run meshca status", namespace, LockName, ErrLocked)
+	}
+	return heldBy(cur, now)
 }
 
 func leaseSpec(holder string, acquired, renewed time.Time) coordinationv1.LeaseSpec {
@@ -249,6 +270,15 @@ func (e *Engine) lockClusters(ctx context.Context) (context.Context, func(), err
 		}
 		held = append(held, l)
 	}
+	// Every wait of the run (istiod reloads, fleet proofs, rollouts) stops
+	// within seconds when an API server stops answering, instead of
+	// running into its own timeout.
+	var stops []context.CancelFunc
+	for _, c := range e.clusters {
+		var stop context.CancelFunc
+		ctx, stop = kube.MonitorAPI(ctx, c.Client, kube.HealthOptions{})
+		stops = append(stops, stop)
+	}
 	lctx, cancel := context.WithCancelCause(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -284,7 +314,29 @@ func (e *Engine) lockClusters(ctx context.Context) (context.Context, func(), err
 		close(done)
 		unlockAll()
 		cancel(context.Canceled)
+		for _, stop := range stops {
+			stop()
+		}
 	}, nil
+}
+
+// explainAPILoss turns the error of a run stopped because an API server
+// stopped answering into one that says so, with what the run had already
+// written and how to resume: the phase is derived from cacerts, so the
+// same command continues from there.
+func (e *Engine) explainAPILoss(ctx context.Context, err error, command string) error {
+	if err == nil {
+		return nil
+	}
+	var lost *kube.APIUnreachableError
+	if !errors.As(kube.UnreachableCause(ctx, err), &lost) {
+		return err
+	}
+	written := "nothing was written to cacerts by this run"
+	if w := e.summary.Written; len(w) > 0 {
+		written = "this run had written to cacerts: " + strings.Join(w, "; ")
+	}
+	return fmt.Errorf("%w (%s; the command to re-run: %s)", lost, written, command)
 }
 
 // lockRoot is the root a run for c rotates to, as the lock shows it to a

@@ -21,6 +21,10 @@ func (e *Engine) Run(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
+	return e.explainAPILoss(ctx, e.run(ctx), "meshca rotate")
+}
+
+func (e *Engine) run(ctx context.Context) error {
 	// Read every cluster and run the preflight where a rotation would
 	// start, before the first write in any cluster.
 	for _, c := range e.clusters {

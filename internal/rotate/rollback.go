@@ -24,7 +24,7 @@ func (e *Engine) Rollback(ctx context.Context) error {
 	defer unlock()
 	for _, c := range e.clusters {
 		if err := e.rollback(ctx, c); err != nil {
-			return fmt.Errorf("cluster %s: %w", c.Name, err)
+			return e.explainAPILoss(ctx, fmt.Errorf("cluster %s: %w", c.Name, err), "meshca rollback")
 		}
 	}
 	return nil

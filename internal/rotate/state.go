@@ -43,13 +43,18 @@ const (
 	RecordKey  = "state.json"
 	NextSecret = "meshca-rotation-next"
 	recordKey  = RecordKey
-	// BackupPrefix starts the name of backup Secrets; the rest is the start
-	// of the SHA-256 of the backed-up data, so the name is the same on a
-	// re-run and a backup is never duplicated.
+	// BackupPrefix starts the name of backup Secrets; the rest is the
+	// rotation id (start time and content hash, see rotationID).
 	BackupPrefix = "cacerts-backup-"
 	// LabelManagedBy marks every object meshca creates.
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 	managedBy      = "meshca"
+	// Labels and annotation of backup Secrets: what they back up, the hash
+	// of the backed-up bytes, the rotation they belong to, when taken.
+	labelBackupOf         = "meshca.io/backup-of"
+	labelContentHash      = "meshca.io/content-sha256"
+	labelRotationID       = "meshca.io/rotation-id"
+	annotationBackupTaken = "meshca.io/taken"
 )
 
 // Phase is where a cluster's rotation stands, derived from cacerts.
@@ -82,6 +87,10 @@ type Transition struct {
 // Record is the rotation's record, kept in ConfigMap meshca-rotation for
 // humans and for `meshca status`. It holds fingerprints only, never keys.
 type Record struct {
+	// ID names the rotation (start time and hash of the backed-up bytes);
+	// its backup Secret is BackupPrefix + ID. Empty in records written
+	// before meshca named rotations.
+	ID string `json:"id,omitempty"`
 	// Strategy is phased or one-step.
 	Strategy string `json:"strategy"`
 	// OldRoots and OldSigner are the fingerprints of the CA being replaced.
@@ -221,8 +230,9 @@ func (s store) writeCACerts(ctx context.Context, b *bundle.Bundle, rv string) (s
 	return updated.ResourceVersion, nil
 }
 
-// backupName is the content-addressed name of the backup of data.
-func backupName(data map[string][]byte) string {
+// contentHash is the start of the SHA-256 of a Secret's data (keys sorted),
+// the label that finds a backup of the same bytes.
+func contentHash(data map[string][]byte) string {
 	h := sha256.New()
 	keys := make([]string, 0, len(data))
 	for k := range data {
@@ -233,32 +243,60 @@ func backupName(data map[string][]byte) string {
 		_, _ = fmt.Fprintf(h, "%s\x00%d\x00", k, len(data[k]))
 		h.Write(data[k])
 	}
-	return BackupPrefix + hex.EncodeToString(h.Sum(nil))[:10]
+	return hex.EncodeToString(h.Sum(nil))[:10]
 }
 
-// backup copies cur into a backup Secret and reads it back to prove the copy
-// is byte-for-byte equal before anything else changes.
-func (s store) backup(ctx context.Context, cur *bundle.Bundle) (string, error) {
+// rotationID names a rotation: its start time (UTC, to the second) and the
+// content hash of the cacerts it starts from. Two rotations from the same
+// bytes get different ids; the backup Secret is named after it.
+func rotationID(started time.Time, hash string) string {
+	return started.UTC().Format("20060102-150405") + "-" + hash
+}
+
+// backup copies cur into the backup Secret of a rotation starting at now
+// and reads it back to prove the copy is byte-for-byte equal before
+// anything else changes. A backup of the same bytes left by a start that
+// crashed before its record was written (not the backup of the last
+// recorded rotation) is reused, so a re-run does not pile up keys. It
+// returns the Secret's name and the rotation id.
+func (s store) backup(ctx context.Context, cur *bundle.Bundle, last *Record, now time.Time) (name, id string, err error) {
 	data := cur.SecretData()
-	name := backupName(data)
+	hash := contentHash(data)
 	secrets := s.client.CoreV1().Secrets(s.namespace)
-	_, err := secrets.Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.namespace, Labels: map[string]string{LabelManagedBy: managedBy, "meshca.io/backup-of": CACertsSecret}},
-		Type:       corev1.SecretTypeOpaque,
-		Data:       data,
-	}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return "", fmt.Errorf("create backup secret %s/%s: %w", s.namespace, name, err)
+	existing, err := secrets.List(ctx, metav1.ListOptions{LabelSelector: labelBackupOf + "=" + CACertsSecret + "," + labelContentHash + "=" + hash})
+	if err != nil {
+		return "", "", fmt.Errorf("list backup secrets in %s: %w", s.namespace, err)
+	}
+	for _, sec := range existing.Items {
+		if id := sec.Labels[labelRotationID]; id != "" && (last == nil || last.BackupSecret != sec.Name) {
+			name = sec.Name
+			break
+		}
+	}
+	if name == "" {
+		id := rotationID(now, hash)
+		name = BackupPrefix + id
+		_, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.namespace,
+				Labels:      map[string]string{LabelManagedBy: managedBy, labelBackupOf: CACertsSecret, labelContentHash: hash, labelRotationID: id},
+				Annotations: map[string]string{annotationBackupTaken: now.UTC().Format(time.RFC3339)},
+			},
+			Type: corev1.SecretTypeOpaque,
+			Data: data,
+		}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return "", "", fmt.Errorf("create backup secret %s/%s: %w", s.namespace, name, err)
+		}
 	}
 	got, err := secrets.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return "", fmt.Errorf("read back backup secret %s/%s: %w", s.namespace, name, err)
+		return "", "", fmt.Errorf("read back backup secret %s/%s: %w", s.namespace, name, err)
 	}
 	back, err := bundle.FromSecretData("secret "+s.namespace+"/"+name, got.Data)
 	if err != nil || !back.Equal(cur) {
-		return "", fmt.Errorf("backup secret %s/%s does not equal cacerts byte for byte: refusing to continue (delete it and run again)", s.namespace, name)
+		return "", "", fmt.Errorf("backup secret %s/%s does not equal cacerts byte for byte: refusing to continue (delete it and run again)", s.namespace, name)
 	}
-	return name, nil
+	return name, got.Labels[labelRotationID], nil
 }
 
 // readBackup returns the backed-up bundle.
