@@ -364,6 +364,9 @@ func (s *Sandbox) Status(context.Context) (*Status, error) {
 		IstiodVersion: s.opts.istiodVersion, ZtunnelVersion: ztunnelReleases[s.opts.ZtunnelVersion].tag + " (simulated)",
 		ProxyVersion: proxyVersion + " (simulated)", Probe: s.Probe(), Draining: s.Draining(),
 	}
+	if s.opts.Agent == AgentReal {
+		st.ProxyVersion = envoyLabel + " behind " + agentLabel + " " + s.opts.istiodVersion
+	}
 	for _, m := range s.members {
 		ms := m.status()
 		if n := m.opts.ClusterName; n != "" {

@@ -101,6 +101,11 @@ type runtime struct {
 	// ctx is the runtime's lifetime, set by run.
 	ctx context.Context
 
+	// The envoy stand-in binary, found or built once (envoyStub).
+	stubOnce sync.Once
+	stubPath string
+	stubErr  error
+
 	mu      sync.Mutex
 	istiods map[string]*istiod // by pod name; the newest serves the Service
 	order   []string           // istiod pods in start order
@@ -464,6 +469,11 @@ func (r *runtime) watchReady(pod *corev1.Pod, p *proxyPod) {
 			if !p.proxy().Ready() {
 				last = errors.New("no certificate yet")
 				return false, nil
+			}
+			if p.agent != nil {
+				if last = p.agent.healthy(ctx); last != nil {
+					return false, nil
+				}
 			}
 			if _, last = r.fetcher.Get(ctx, ns, name, "/config_dump"); last != nil {
 				return false, nil

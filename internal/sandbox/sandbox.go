@@ -73,6 +73,15 @@ type Options struct {
 	// pairs (the east-west path modelled as a direct mTLS connection
 	// between the proxies).
 	Clusters int
+	// Agent is what backs the envoy pods (waypoints, gateway): AgentReal
+	// runs the real pilot-agent with the envoy stand-in behind it;
+	// AgentSimulated (the default) the in-process simulated istio-agent.
+	Agent string
+	// RootCertVolumeDelay is how long after istiod rewrites a namespace's
+	// istio-ca-root-cert the file mounted into a real agent's pod changes,
+	// as kubelet refreshes ConfigMap volumes on its sync period
+	// (DefaultRootCertVolumeDelay when zero; negative means at once).
+	RootCertVolumeDelay time.Duration
 	// ClusterName is set by Start on each member of a multi-cluster
 	// sandbox: its name, context and CLUSTER_ID.
 	ClusterName string
@@ -129,6 +138,16 @@ func (o *Options) defaults() error {
 	}
 	if o.Clusters <= 0 {
 		o.Clusters = 1
+	}
+	switch o.Agent {
+	case "":
+		o.Agent = AgentSimulated
+	case AgentSimulated, AgentReal:
+	default:
+		return fmt.Errorf("sandbox: --agent %q: use %s (pilot-agent built from the istio pin, with the envoy stand-in) or %s", o.Agent, AgentReal, AgentSimulated)
+	}
+	if o.RootCertVolumeDelay == 0 {
+		o.RootCertVolumeDelay = DefaultRootCertVolumeDelay
 	}
 	if o.KeyType == "" {
 		o.KeyType = pki.ECDSAP256

@@ -16,10 +16,18 @@ import (
 	"github.com/meshca/meshca/internal/sandbox/cluster"
 )
 
+// AgentEnv, when set to "real" or "simulated", chooses what backs the envoy
+// pods of every sandbox a test starts without choosing (Options.Agent), so
+// the same scenario tests run against the real pilot-agent.
+const AgentEnv = "MESHCA_SANDBOX_AGENT"
+
 // Start starts a sandbox with opts in a temporary directory (Dir and BinDir
 // are filled in; Logf too when unset).
 func Start(tb testing.TB, opts sandbox.Options) *sandbox.Sandbox {
 	tb.Helper()
+	if opts.Agent == "" {
+		opts.Agent = os.Getenv(AgentEnv)
+	}
 	bin, err := cluster.FindBinDir()
 	if err == nil {
 		if missing := (cluster.Config{BinDir: bin}).Missing(); len(missing) > 0 {
