@@ -429,3 +429,30 @@ func fileExists(p string) bool {
 	fi, err := os.Stat(p)
 	return err == nil && fi.Mode().IsRegular()
 }
+
+// agentLogLines returns the lines of every live real agent's log that
+// contain substr, each prefixed with its pod.
+func (d *dataPlane) agentLogLines(substr string) []string {
+	d.mu.Lock()
+	var pods []*proxyPod
+	for _, p := range d.proxies {
+		if p.agent != nil {
+			pods = append(pods, p)
+		}
+	}
+	d.mu.Unlock()
+	var out []string
+	for _, p := range pods {
+		data, err := os.ReadFile(filepath.Join(p.agent.dir, "pilot-agent.log"))
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(string(data), "\n") {
+			if strings.Contains(line, substr) {
+				out = append(out, p.pod+": "+line)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}

@@ -8,6 +8,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/sandbox"
 )
 
@@ -45,5 +46,46 @@ func TestRealAgentBacksEnvoyPods(t *testing.T) {
 	t.Logf("%d envoy pods on the real agent; probe: %d handshakes, %d failed", envoys, snap.Handshakes, snap.Failures)
 	if snap.Handshakes == 0 || snap.Failures != 0 {
 		t.Errorf("probe through the real agents: %d handshakes, %d failed", snap.Handshakes, snap.Failures)
+	}
+}
+
+// TestRealAgentAppliesPCDSTrustBundle: in the trust phase the real
+// pilot-agents put the new root into ROOTCA without a restart, and it can
+// only have come over PCDS from istiod: the mounted istio-ca-root-cert file
+// is held back (a kubelet delay longer than the test). The agents' own log
+// lines for the update are shown.
+func TestRealAgentAppliesPCDSTrustBundle(t *testing.T) {
+	s := startSandbox(t, sandbox.Options{Agent: sandbox.AgentReal, MultiRoot: true, XDSAgent: true, Nodes: 1, Workloads: 2, AppNamespaces: 1,
+		RootCertVolumeDelay: time.Hour})
+	ctx := context.Background()
+	k := newRotationKit(t, s)
+	s.ResetProbe()
+	trust, err := bundle.Build(bundle.PhaseTrust, k.current, k.next, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.writeCACerts(t, ctx, trust)
+	k.waitRootConfigMaps(t, ctx, trust.RootCert)
+	k.waitHeld(t, ctx, "both roots in every envoy's ROOTCA", func(h sandbox.HeldCert) bool {
+		if strings.HasPrefix(h.Proxy, sandbox.IstioNamespace+"/ztunnel") {
+			return true // ztunnel has no PCDS (facts §2)
+		}
+		return h.Err == "" && sameSet(rootSet(h), k.oldRoot, k.newRoot)
+	})
+	const pcds = "update new trust bundle"
+	lines := s.AgentLogLines(pcds)
+	for _, l := range lines {
+		t.Log(l)
+	}
+	for _, l := range s.AgentLogLines("generated new workload certificate") {
+		t.Log(l)
+	}
+	if len(lines) < 2 {
+		t.Errorf("expected the %q line from each of the 2 real agents, got %d", pcds, len(lines))
+	}
+	snap := s.Probe()
+	t.Logf("probe during the trust phase: %d handshakes, %d failed", snap.Handshakes, snap.Failures)
+	if snap.Failures != 0 {
+		t.Errorf("trust phase with real agents: %d of %d handshakes failed", snap.Failures, snap.Handshakes)
 	}
 }

@@ -294,6 +294,19 @@ func (s *Sandbox) IstiodLogContains(str string) bool {
 	return false
 }
 
+// AgentLogLines returns the lines of the real pilot-agents' logs (every
+// live envoy pod of every member, Options.Agent real) that contain substr,
+// each prefixed with its pod.
+func (s *Sandbox) AgentLogLines(substr string) []string {
+	var out []string
+	for _, m := range s.members {
+		if m.rt != nil {
+			out = append(out, m.rt.data.agentLogLines(substr)...)
+		}
+	}
+	return out
+}
+
 // Draining counts the proxies of every cluster that are terminating: they
 // still hold connections until their drain deadline.
 func (s *Sandbox) Draining() int {
