@@ -294,6 +294,15 @@ func (s *Sandbox) IstiodLogContains(str string) bool {
 	return false
 }
 
+// EnvoyPods says what runs the envoy pods: the real pilot-agent with the
+// envoy stand-in, or the simulated istio-agent.
+func (s *Sandbox) EnvoyPods() string {
+	if s.opts.Agent == AgentReal {
+		return envoyLabel + " behind " + agentLabel + " " + s.opts.istiodVersion
+	}
+	return "envoy and istio-agent " + proxyVersion + " (simulated, in-process)"
+}
+
 // AgentLogLines returns the lines of the real pilot-agents' logs (every
 // live envoy pod of every member, Options.Agent real) that contain substr,
 // each prefixed with its pod.
@@ -378,7 +387,7 @@ func (s *Sandbox) Status(context.Context) (*Status, error) {
 		ProxyVersion: proxyVersion + " (simulated)", Probe: s.Probe(), Draining: s.Draining(),
 	}
 	if s.opts.Agent == AgentReal {
-		st.ProxyVersion = envoyLabel + " behind " + agentLabel + " " + s.opts.istiodVersion
+		st.ProxyVersion = s.EnvoyPods()
 	}
 	for _, m := range s.members {
 		ms := m.status()
