@@ -9,9 +9,12 @@
 // The sandbox plays kubelet for the pods that need a process: it starts
 // pilot-discovery when an istiod pod starts and stops it when the pod goes,
 // projects the cacerts Secret into istiod's CA directory as a secret volume
-// would, and starts an in-process ztunnel or istio-agent for every ztunnel
-// or envoy pod, reachable through kwok's port-forward on pod port 15000.
-// Nothing in meshca knows it talks to a sandbox.
+// would, and starts an in-process ztunnel for every ztunnel pod and, for
+// every envoy pod, either the real pilot-agent (Options.Agent AgentReal: the
+// sandbox lays out the pod's filesystem and env as kubelet would, and the
+// agent runs internal/sandbox/envoystub as its envoy) or the in-process
+// simulated istio-agent; each is reachable through kwok's port-forward on
+// pod port 15000. Nothing in meshca knows it talks to a sandbox.
 package sandbox
 
 import (
