@@ -235,6 +235,17 @@ func (d *dataPlane) agentEnv(pod *corev1.Pod, env map[string]string, sa, stub st
 	for k, v := range env {
 		out[k] = v
 	}
+	for k, v := range fieldEnv(pod, proxyContainer) {
+		out[k] = v
+	}
+	// The injection names istiod by its Service (CA_ADDR
+	// istiod.istio-system.svc:15012), which only the cluster's DNS resolves.
+	// Here the Service is the loopback front the discovery address points
+	// at, and the agent verifies istiod's certificate by ISTIOD_SAN only
+	// when CA_ADDR is unset.
+	if host, _, _ := strings.Cut(out["CA_ADDR"], ":"); host == IstiodName+"."+IstioNamespace+".svc" {
+		delete(out, "CA_ADDR")
+	}
 	// PROXY_CONFIG overlays the mesh's defaultConfig; the pod's own value
 	// (an injected one) is kept and the sandbox's addresses and ports are
 	// laid over it.
@@ -312,6 +323,41 @@ func (p *proxyPod) stopAgent(grace time.Duration) {
 	_ = os.RemoveAll(p.agent.link)
 }
 
+// fieldEnv resolves the downward-API env of a container (fieldRef) the
+// way kubelet does, with the sandbox's loopback addresses for the pod and
+// host IPs; resource limits are left out (the sandbox sets none).
+func fieldEnv(pod *corev1.Pod, container string) map[string]string {
+	out := map[string]string{}
+	for _, c := range pod.Spec.Containers {
+		if c.Name != container {
+			continue
+		}
+		for _, e := range c.Env {
+			if e.ValueFrom == nil || e.ValueFrom.FieldRef == nil {
+				continue
+			}
+			path := e.ValueFrom.FieldRef.FieldPath
+			switch {
+			case path == "metadata.name":
+				out[e.Name] = pod.Name
+			case path == "metadata.namespace":
+				out[e.Name] = pod.Namespace
+			case path == "spec.serviceAccountName":
+				out[e.Name] = pod.Spec.ServiceAccountName
+			case path == "spec.nodeName":
+				out[e.Name] = pod.Spec.NodeName
+			case path == "status.podIP", path == "status.hostIP", path == "status.podIPs", path == "status.hostIPs":
+				out[e.Name] = "127.0.0.1"
+			case strings.HasPrefix(path, "metadata.labels['"):
+				out[e.Name] = pod.Labels[strings.TrimSuffix(strings.TrimPrefix(path, "metadata.labels['"), "']")]
+			case strings.HasPrefix(path, "metadata.annotations['"):
+				out[e.Name] = pod.Annotations[strings.TrimSuffix(strings.TrimPrefix(path, "metadata.annotations['"), "']")]
+			}
+		}
+	}
+	return out
+}
+
 // downward renders labels or annotations as the downward API volume does:
 // key="value" lines, sorted.
 func downward(m map[string]string) []byte {
@@ -385,29 +431,9 @@ func (r *runtime) envoyStub() (string, error) {
 }
 
 // bootstrapTemplate returns envoy's bootstrap template as the proxyv2 image
-// carries it at /var/lib/istio/envoy/envoy_bootstrap_tmpl.json:
-// bin/assets/istio/envoy_bootstrap.json, else the pinned istio module's
-// tools/packaging/common/envoy_bootstrap.json.
+// carries it at /var/lib/istio/envoy/envoy_bootstrap_tmpl.json.
 func (r *runtime) bootstrapTemplate() ([]byte, error) {
-	p := filepath.Join(r.opts.BinDir, "assets", "istio", "envoy_bootstrap.json")
-	if b, err := os.ReadFile(p); err == nil {
-		return b, nil
-	}
-	root, err := moduleRoot()
-	if err != nil {
-		return nil, fmt.Errorf("envoy bootstrap template: no %s and %w", p, err)
-	}
-	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "istio.io/istio")
-	cmd.Dir = filepath.Join(root, "tools")
-	dir, err := cmd.Output()
-	if err != nil {
-		return nil, fmt.Errorf("envoy bootstrap template: no %s, and the istio module of tools/ is not in the module cache (%w)", p, err)
-	}
-	b, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(dir)), "tools", "packaging", "common", "envoy_bootstrap.json"))
-	if err != nil {
-		return nil, fmt.Errorf("envoy bootstrap template: %w", err)
-	}
-	return b, nil
+	return r.istioFile("envoy_bootstrap.json", "tools/packaging/common/envoy_bootstrap.json")
 }
 
 // moduleRoot finds the meshca source tree from the working directory (tests

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/meshca/meshca/internal/bundle"
@@ -87,5 +88,60 @@ func TestRealAgentAppliesPCDSTrustBundle(t *testing.T) {
 	t.Logf("probe during the trust phase: %d handshakes, %d failed", snap.Handshakes, snap.Failures)
 	if snap.Failures != 0 {
 		t.Errorf("trust phase with real agents: %d of %d handshakes failed", snap.Failures, snap.Handshakes)
+	}
+}
+
+// TestSidecarsInjectedByIstiod: pods of the sidecar namespace get their
+// istio-proxy container from the real istiod's injection webhook (called by
+// the API server over TLS with the caBundle istiod patched), and the sandbox
+// runs that container as a real pilot-agent with the env the injection
+// produced.
+func TestSidecarsInjectedByIstiod(t *testing.T) {
+	s := startSandbox(t, sandbox.Options{Agent: sandbox.AgentReal, MultiRoot: true, XDSAgent: true, Nodes: 1, Workloads: 1, AppNamespaces: 1, Sidecars: 2})
+	ctx := context.Background()
+	var sidecars int
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(context.Context) (bool, error) {
+		st, err := s.Status(ctx)
+		if err != nil {
+			return false, err
+		}
+		sidecars = 0
+		for _, p := range st.Proxies {
+			if p.Kind == "sidecar" && p.Available == 1 && strings.HasPrefix(p.Agent, "pilot-agent") {
+				sidecars++
+			}
+		}
+		return sidecars == 2, nil
+	})
+	if err != nil {
+		st, _ := s.Status(ctx)
+		t.Fatalf("%d of 2 injected sidecars hold a certificate from a real pilot-agent: %+v", sidecars, st.Proxies)
+	}
+	pods, err := s.Client().CoreV1().Pods(sandbox.SidecarNamespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		status := p.Annotations["sidecar.istio.io/status"]
+		var env []string
+		for _, c := range p.Spec.Containers {
+			if c.Name == "istio-proxy" {
+				for _, e := range c.Env {
+					if e.Name == sandbox.EnvXDSAgent || e.Name == "PROXY_CONFIG" {
+						env = append(env, e.Name+"="+e.Value)
+					}
+				}
+			}
+		}
+		t.Logf("%s: injected %s; env %v", p.Name, status, env)
+		if status == "" {
+			t.Errorf("pod %s carries no sidecar.istio.io/status: not injected by istiod", p.Name)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // some probe rounds with the sidecars
+	snap := s.Probe()
+	t.Logf("probe with sidecars: %d handshakes, %d failed", snap.Handshakes, snap.Failures)
+	if snap.Failures != 0 {
+		t.Errorf("probe with injected sidecars: %d of %d failed", snap.Failures, snap.Handshakes)
 	}
 }

@@ -151,7 +151,17 @@ func (s *Sandbox) startMember(ctx, runCtx context.Context, opts Options, b *bund
 		IstiodVersion: opts.istiodVersion, GracePeriod: opts.GracePeriod, ClusterID: opts.clusterID(),
 		Bundle: b, AppNamespaces: s.AppNamespaces(), ServiceAccounts: opts.ServiceAccounts,
 	}
+	if opts.Sidecars > 0 {
+		// Before istiod starts: it serves injection only when it finds its
+		// templates.
+		if err := m.rt.installInjection(ctx, c.Client()); err != nil {
+			return m, err
+		}
+	}
 	if err := install(ctx, c.Client(), spec); err != nil {
+		return m, err
+	}
+	if err := installSidecars(ctx, c.Client(), opts.Sidecars, opts.GracePeriod); err != nil {
 		return m, err
 	}
 	return m, nil

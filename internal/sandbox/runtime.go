@@ -94,7 +94,10 @@ type runtime struct {
 	cms     listersv1.ConfigMapLister
 	queue   workqueue.TypedRateLimitingInterface[string]
 	svc     *serviceProxy
-	data    *dataPlane
+	// hooks is istiod's webhook Service (port 443 → 15017) on loopback:
+	// the API server calls the injection webhook through it.
+	hooks *serviceProxy
+	data  *dataPlane
 	// fetcher reads a proxy pod's admin port through an ordinary
 	// port-forward, once, for its readiness.
 	fetcher *kube.Fetcher
@@ -117,6 +120,11 @@ func newRuntime(opts *Options, c *cluster.Cluster) (*runtime, error) {
 	if err != nil {
 		return nil, err
 	}
+	hooks, err := newServiceProxy()
+	if err != nil {
+		svc.close()
+		return nil, err
+	}
 	client := c.Client()
 	f := informers.NewSharedInformerFactory(client, 0)
 	r := &runtime{
@@ -127,6 +135,7 @@ func newRuntime(opts *Options, c *cluster.Cluster) (*runtime, error) {
 		cms:     f.Core().V1().ConfigMaps().Lister(),
 		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		svc:     svc,
+		hooks:   hooks,
 		istiods: map[string]*istiod{},
 		backed:  map[string]podKind{},
 	}
@@ -321,6 +330,7 @@ func (r *runtime) startIstiod(ctx context.Context, pod *corev1.Pod) error {
 	r.order = append(r.order, pod.Name)
 	r.mu.Unlock()
 	r.svc.setBackend(d.CAAddr)
+	r.hooks.setBackend(d.webhookAddr)
 	r.opts.Logf("istiod %s ready (CA %s, multi-root %s)", pod.Name, d.CAAddr, d.env[EnvMultiRoot])
 	return nil
 }
@@ -342,8 +352,10 @@ func (r *runtime) stopIstiod(name string) {
 	r.mu.Unlock()
 	if newest != nil {
 		r.svc.setBackend(newest.CAAddr)
+		r.hooks.setBackend(newest.webhookAddr)
 	} else {
 		r.svc.setBackend("")
+		r.hooks.setBackend("")
 	}
 	if d != nil {
 		if err := d.stop(); err != nil {
@@ -401,6 +413,7 @@ func (r *runtime) shutdown() {
 		r.stopIstiod(n)
 	}
 	r.svc.close()
+	r.hooks.close()
 }
 
 // identitiesOn lists the SPIFFE identities of the ambient workloads running

@@ -76,6 +76,11 @@ type Options struct {
 	// pairs (the east-west path modelled as a direct mTLS connection
 	// between the proxies).
 	Clusters int
+	// Sidecars is the number of sidecar workloads (namespace
+	// SidecarNamespace, labelled istio-injection=enabled) whose istio-proxy
+	// istiod's own injection webhook adds; with it the sandbox registers
+	// the webhook and istiod's injection templates.
+	Sidecars int
 	// Agent is what backs the envoy pods (waypoints, gateway): AgentReal
 	// runs the real pilot-agent with the envoy stand-in behind it;
 	// AgentSimulated (the default) the in-process simulated istio-agent.
@@ -148,6 +153,9 @@ func (o *Options) defaults() error {
 	case AgentSimulated, AgentReal:
 	default:
 		return fmt.Errorf("sandbox: --agent %q: use %s (pilot-agent built from the istio pin, with the envoy stand-in) or %s", o.Agent, AgentReal, AgentSimulated)
+	}
+	if o.Sidecars < 0 {
+		return errors.New("sandbox: --sidecars must not be negative")
 	}
 	if o.RootCertVolumeDelay == 0 {
 		o.RootCertVolumeDelay = DefaultRootCertVolumeDelay
