@@ -32,6 +32,7 @@ var errNoRootCert = errors.New("configmap " + RootCertConfig + " not written by 
 type disruptions interface {
 	IssuanceFailed(proxy, identity string, err error)
 	ProxyTerminated(kind mesh.Kind)
+	AdmissionChecked(err error)
 }
 
 // dataPlane runs the simulated proxies backing ztunnel and envoy pods.
@@ -109,6 +110,16 @@ func (d *dataPlane) issuanceFailed(proxy, identity string, err error) {
 	d.mu.Unlock()
 	if s != nil {
 		s.IssuanceFailed(proxy, identity, err)
+	}
+}
+
+// admissionChecked forwards the result of an admission check to the sink.
+func (d *dataPlane) admissionChecked(err error) {
+	d.mu.Lock()
+	s := d.sink
+	d.mu.Unlock()
+	if s != nil {
+		s.AdmissionChecked(err)
 	}
 }
 

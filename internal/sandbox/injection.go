@@ -179,3 +179,51 @@ func installSidecars(ctx context.Context, c kubernetes.Interface, n int, grace t
 	}
 	return nil
 }
+
+// admissionInterval is how often the admission check creates its
+// throwaway injected pod.
+const admissionInterval = 2 * time.Second
+
+// checkAdmission creates a throwaway pod in SidecarNamespace every
+// admissionInterval, as a dry run (admitted through every webhook, stored
+// nowhere), and tells the sink whether the API server admitted it with the
+// istio-proxy container injected. A stale caBundle after a rotation's retire
+// would make exactly these creations fail. Counting starts once istiod
+// has patched the webhook and a first pod was admitted.
+func (r *runtime) checkAdmission(ctx context.Context) {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "admission-check-", Namespace: SidecarNamespace},
+		Spec: corev1.PodSpec{
+			Containers:  []corev1.Container{{Name: "app", Image: "registry.k8s.io/pause:3.10"}},
+			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
+		},
+	}
+	t := time.NewTicker(admissionInterval)
+	defer t.Stop()
+	counting := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		got, err := r.client.CoreV1().Pods(SidecarNamespace).Create(cctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil && !hasContainer(got, proxyContainer) {
+			err = fmt.Errorf("pod %s/%s admitted without %s: istiod's injection webhook did not run", SidecarNamespace, got.Name, proxyContainer)
+		} else if err != nil {
+			err = fmt.Errorf("create pod in %s (dry run) through the injection webhook: %w", SidecarNamespace, err)
+		}
+		if !counting {
+			counting = err == nil
+			if !counting {
+				continue
+			}
+		}
+		r.data.admissionChecked(err)
+	}
+}

@@ -138,10 +138,53 @@ func TestSidecarsInjectedByIstiod(t *testing.T) {
 			t.Errorf("pod %s carries no sidecar.istio.io/status: not injected by istiod", p.Name)
 		}
 	}
-	time.Sleep(300 * time.Millisecond) // some probe rounds with the sidecars
+	// The three phases by hand (PCDS live, no restart), while the
+	// admission check keeps creating injected pods through the webhook
+	// whose caBundle istiod re-patches at every reload.
+	k := newRotationKit(t, s)
+	s.ResetProbe()
+	now := time.Now()
+	trust, err := bundle.Build(bundle.PhaseTrust, k.current, k.next, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue, err := bundle.Build(bundle.PhaseIssue, trust, k.next, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	retire, err := bundle.Build(bundle.PhaseRetire, issue, k.next, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		b    *bundle.Bundle
+		what string
+		ok   func(sandbox.HeldCert) bool
+	}{
+		{trust, "both roots trusted", func(h sandbox.HeldCert) bool { return sameSet(rootSet(h), k.oldRoot, k.newRoot) }},
+		{issue, "every leaf from the new intermediate", func(h sandbox.HeldCert) bool { return h.Signer == k.signer }},
+		{retire, "only the new root", func(h sandbox.HeldCert) bool { return h.Signer == k.signer && sameSet(rootSet(h), k.newRoot) }},
+	} {
+		k.writeCACerts(t, ctx, step.b)
+		k.waitRootConfigMaps(t, ctx, step.b.RootCert)
+		k.restart(t, ctx, ztunnelRef) // ztunnel 1.28 has no PCDS (facts §5)
+		k.waitHeld(t, ctx, step.what, func(h sandbox.HeldCert) bool { return h.Err == "" && step.ok(h) })
+	}
+	// A few admission checks after the retire.
+	before := s.Probe().Admissions
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		return s.Probe().Admissions >= before+3, nil
+	}); err != nil {
+		t.Fatalf("the admission check made no progress after the retire (%d checks)", s.Probe().Admissions)
+	}
 	snap := s.Probe()
-	t.Logf("probe with sidecars: %d handshakes, %d failed", snap.Handshakes, snap.Failures)
-	if snap.Failures != 0 {
-		t.Errorf("probe with injected sidecars: %d of %d failed", snap.Failures, snap.Handshakes)
+	side := snap.ByPairKind["sidecar->sidecar"]
+	t.Logf("probe with sidecars through the rotation: %d handshakes (sidecar->sidecar %d), %d failed; admission checks %d, %d refused",
+		snap.Handshakes, side.Handshakes, snap.Failures, snap.Admissions, snap.AdmissionFailures)
+	if snap.Failures != 0 || side.Handshakes == 0 {
+		t.Errorf("probe with injected sidecars: %d of %d failed, %d sidecar->sidecar", snap.Failures, snap.Handshakes, side.Handshakes)
+	}
+	if snap.AdmissionFailures != 0 {
+		t.Errorf("%d of %d injected pod creations refused during the rotation: %+v", snap.AdmissionFailures, snap.Admissions, snap.Events)
 	}
 }

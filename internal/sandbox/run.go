@@ -164,6 +164,9 @@ func (s *Sandbox) startMember(ctx, runCtx context.Context, opts Options, b *bund
 	if err := installSidecars(ctx, c.Client(), opts.Sidecars, opts.GracePeriod); err != nil {
 		return m, err
 	}
+	if opts.Sidecars > 0 {
+		go m.rt.checkAdmission(runCtx)
+	}
 	return m, nil
 }
 
