@@ -257,6 +257,15 @@ func (d *dataPlane) workloadsChanged(node string) {
 	}
 }
 
+// envoyIdentity is the ServiceAccount of an envoy pod and its proxy kind.
+func envoyIdentity(pod *corev1.Pod, kind podKind) (sa string, mk mesh.Kind) {
+	sa = pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	return sa, map[podKind]mesh.Kind{kindWaypoint: mesh.KindWaypoint, kindGateway: mesh.KindGateway, kindSidecar: mesh.KindSidecar}[kind]
+}
+
 func (d *dataPlane) startAgent(ctx context.Context, pod *corev1.Pod, kind podKind) error {
 	if d.r.opts.Agent == AgentReal {
 		return d.startRealAgent(ctx, pod, kind)
@@ -266,11 +275,7 @@ func (d *dataPlane) startAgent(ctx context.Context, pod *corev1.Pod, kind podKin
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", kind, key, err)
 	}
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
-	mk := map[podKind]mesh.Kind{kindWaypoint: mesh.KindWaypoint, kindGateway: mesh.KindGateway, kindSidecar: mesh.KindSidecar}[kind]
+	sa, mk := envoyIdentity(pod, kind)
 	a, err := mesh.StartAgent(mesh.AgentOptions{
 		Kind: mk, Namespace: pod.Namespace, Pod: pod.Name, Node: pod.Spec.NodeName,
 		Identity: mesh.Identity{TrustDomain: TrustDomain, Namespace: pod.Namespace, ServiceAccount: sa},

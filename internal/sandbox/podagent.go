@@ -112,11 +112,7 @@ func (d *dataPlane) startRealAgent(ctx context.Context, pod *corev1.Pod, kind po
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", kind, key, err)
 	}
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
-	mk := map[podKind]mesh.Kind{kindWaypoint: mesh.KindWaypoint, kindGateway: mesh.KindGateway, kindSidecar: mesh.KindSidecar}[kind]
+	sa, mk := envoyIdentity(pod, kind)
 	stub, err := d.r.envoyStub()
 	if err != nil {
 		return err

@@ -138,7 +138,7 @@ func TestSidecarsInjectedByIstiod(t *testing.T) {
 			t.Errorf("pod %s carries no sidecar.istio.io/status: not injected by istiod", p.Name)
 		}
 	}
-	// The three phases by hand (PCDS live, no restart), while the
+	// The three phases by hand (PCDS live: only ztunnel restarts), while the
 	// admission check keeps creating injected pods through the webhook
 	// whose caBundle istiod re-patches at every reload.
 	k := newRotationKit(t, s)
