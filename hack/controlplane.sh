@@ -113,6 +113,9 @@ copy_assets() {
 		bin/assets/kwok/stages/
 	install -m 0644 "$kwok/kustomize/crd/bases/kwok.x-k8s.io_portforwards.yaml" bin/assets/kwok/crds/
 	install -m 0644 "$istio/manifests/charts/base/files/crd-all.gen.yaml" bin/assets/istio/
+	# The envoy bootstrap template the proxyv2 image carries, which the real
+	# pilot-agent renders for the sandbox's envoy stand-in.
+	install -m 0644 "$istio/tools/packaging/common/envoy_bootstrap.json" bin/assets/istio/
 	# The release line of the istiod we build, so the sandbox labels istiod
 	# with what it really is.
 	install -m 0644 "$istio/VERSION" bin/assets/istio/VERSION

@@ -32,6 +32,7 @@ var errNoRootCert = errors.New("configmap " + RootCertConfig + " not written by 
 type disruptions interface {
 	IssuanceFailed(proxy, identity string, err error)
 	ProxyTerminated(kind mesh.Kind)
+	AdmissionChecked(err error)
 }
 
 // dataPlane runs the simulated proxies backing ztunnel and envoy pods.
@@ -56,6 +57,11 @@ type proxyPod struct {
 	grace   time.Duration
 	z       *mesh.Ztunnel
 	a       *mesh.Agent
+	// e and agent back an envoy pod run by the real pilot-agent
+	// (Options.Agent == AgentReal): the probe's data path through the
+	// agent's SDS, and the process with its working directory.
+	e     *mesh.AgentProxy
+	agent *agentPod
 	// lastPush is the root-cert.pem last pushed to an agent, so only
 	// changes are pushed.
 	lastPush []byte
@@ -64,8 +70,11 @@ type proxyPod struct {
 }
 
 func (p *proxyPod) proxy() mesh.Proxy {
-	if p.z != nil {
+	switch {
+	case p.z != nil:
 		return p.z
+	case p.e != nil:
+		return p.e
 	}
 	return p.a
 }
@@ -101,6 +110,16 @@ func (d *dataPlane) issuanceFailed(proxy, identity string, err error) {
 	d.mu.Unlock()
 	if s != nil {
 		s.IssuanceFailed(proxy, identity, err)
+	}
+}
+
+// admissionChecked forwards the result of an admission check to the sink.
+func (d *dataPlane) admissionChecked(err error) {
+	d.mu.Lock()
+	s := d.sink
+	d.mu.Unlock()
+	if s != nil {
+		s.AdmissionChecked(err)
 	}
 }
 
@@ -238,17 +257,25 @@ func (d *dataPlane) workloadsChanged(node string) {
 	}
 }
 
+// envoyIdentity is the ServiceAccount of an envoy pod and its proxy kind.
+func envoyIdentity(pod *corev1.Pod, kind podKind) (sa string, mk mesh.Kind) {
+	sa = pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	return sa, map[podKind]mesh.Kind{kindWaypoint: mesh.KindWaypoint, kindGateway: mesh.KindGateway, kindSidecar: mesh.KindSidecar}[kind]
+}
+
 func (d *dataPlane) startAgent(ctx context.Context, pod *corev1.Pod, kind podKind) error {
+	if d.r.opts.Agent == AgentReal {
+		return d.startRealAgent(ctx, pod, kind)
+	}
 	key := pod.Namespace + "/" + pod.Name
 	env, ttl, grace, trust, err := d.podStart(pod)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", kind, key, err)
 	}
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = "default"
-	}
-	mk := map[podKind]mesh.Kind{kindWaypoint: mesh.KindWaypoint, kindGateway: mesh.KindGateway, kindSidecar: mesh.KindSidecar}[kind]
+	sa, mk := envoyIdentity(pod, kind)
 	a, err := mesh.StartAgent(mesh.AgentOptions{
 		Kind: mk, Namespace: pod.Namespace, Pod: pod.Name, Node: pod.Spec.NodeName,
 		Identity: mesh.Identity{TrustDomain: TrustDomain, Namespace: pod.Namespace, ServiceAccount: sa},
@@ -273,21 +300,28 @@ func (d *dataPlane) startAgent(ctx context.Context, pod *corev1.Pod, kind podKin
 	return nil
 }
 
-// rootCertChanged is PCDS: istiod pushes its new trust bundle to every
-// istio-agent when root-cert.pem changes. The sandbox takes the change from
-// the istio-ca-root-cert ConfigMap that istiod rewrites on the same reload;
-// agents without live PCDS ignore the push.
+// rootCertChanged follows a namespace's istio-ca-root-cert. For a real
+// agent it is the ConfigMap volume: the mounted file changes after the
+// kubelet delay (PCDS reaches the real agent from istiod itself). For a
+// simulated agent it stands in for PCDS: istiod pushes its new trust bundle
+// to every istio-agent when root-cert.pem changes, and the sandbox takes
+// the change from the ConfigMap istiod rewrites on the same reload; agents
+// without live PCDS ignore the push.
 func (d *dataPlane) rootCertChanged(ns string, pem []byte) {
 	d.mu.Lock()
 	var targets []*proxyPod
 	for _, p := range d.proxies {
-		if p.a != nil && p.ns == ns && !bytes.Equal(p.lastPush, pem) {
+		if (p.a != nil || p.agent != nil) && p.ns == ns && !bytes.Equal(p.lastPush, pem) {
 			p.lastPush = pem
 			targets = append(targets, p)
 		}
 	}
 	d.mu.Unlock()
 	for _, p := range targets {
+		if p.agent != nil {
+			d.updateRootCertVolume(p, pem)
+			continue
+		}
 		if _, err := p.a.PushTrustBundle(pem); err != nil {
 			slog.Warn("sandbox: trust bundle push", "agent", p.a.Name(), "err", err)
 		}
@@ -316,6 +350,7 @@ func (d *dataPlane) terminate(ns, name string) {
 	}
 	after := mesh.DrainDeadline(p.kind, p.grace)
 	p.proxy().Drain(after, fmt.Sprintf("%s pod %s terminated: connections closed at its drain deadline (%s after the delete, grace period %s)", p.kind, key, after, p.grace))
+	go p.stopAgent(p.grace)
 	go func() {
 		// Forget it once its deadline passed: Drain has stopped it.
 		t := time.NewTimer(after + time.Second)
@@ -339,13 +374,19 @@ func (d *dataPlane) stopAll() {
 	clear(d.proxies)
 	clear(d.draining)
 	d.mu.Unlock()
+	var wg sync.WaitGroup
 	for _, p := range all {
-		if p.z != nil {
+		switch {
+		case p.z != nil:
 			p.z.Stop()
-		} else {
+		case p.e != nil:
+			p.e.Stop()
+			wg.Go(func() { p.stopAgent(2 * time.Second) })
+		default:
 			p.a.Stop()
 		}
 	}
+	wg.Wait()
 }
 
 // endpoints lists, for the probe, one Endpoint per target: the newest
@@ -402,6 +443,10 @@ type proxyStatus struct {
 	Identities int    `json:"identities"`
 	Available  int    `json:"available"`
 	Problem    string `json:"problem,omitempty"`
+	// Agent and Envoy say what runs an envoy pod: the real pilot-agent or
+	// the simulated one, and the envoy stand-in.
+	Agent string `json:"agent,omitempty"`
+	Envoy string `json:"envoy,omitempty"`
 }
 
 func (d *dataPlane) status() []proxyStatus {
@@ -422,7 +467,17 @@ func (d *dataPlane) status() []proxyStatus {
 			out = append(out, st)
 			continue
 		}
-		st := proxyStatus{Kind: string(p.a.Kind()), Pod: key, Node: p.a.Endpoint().Node, Identities: 1}
+		if e := p.e; e != nil {
+			st := proxyStatus{Kind: string(e.Kind()), Pod: key, Node: e.Endpoint().Node, Identities: 1, Agent: agentLabel, Envoy: envoyLabel}
+			if e.Ready() {
+				st.Available = 1
+			} else {
+				st.Problem = e.LastError()
+			}
+			out = append(out, st)
+			continue
+		}
+		st := proxyStatus{Kind: string(p.a.Kind()), Pod: key, Node: p.a.Endpoint().Node, Identities: 1, Agent: "istio-agent (simulated, in-process)"}
 		if p.a.Certificate() != nil {
 			st.Available = 1
 		} else {
@@ -475,6 +530,14 @@ func (d *dataPlane) held() []HeldCert {
 				}
 				add(key, id.Identity.String(), id.Cert, roots, msg)
 			}
+			continue
+		}
+		if e := p.e; e != nil {
+			c, msg := e.Certificate(), ""
+			if c == nil {
+				msg = e.LastError()
+			}
+			add(key, e.Identity().String(), c, e.RootCA(), msg)
 			continue
 		}
 		c, msg := p.a.Certificate(), ""

@@ -29,6 +29,8 @@ type istiod struct {
 	env      map[string]string
 	proc     *cluster.Process
 	httpAddr string
+	// webhookAddr serves the injection and validation webhooks (15017).
+	webhookAddr string
 	// CAAddr is the secure gRPC (CA and xDS) address, 15012 in a pod.
 	CAAddr string
 }
@@ -70,7 +72,7 @@ func startIstiod(ctx context.Context, pod *corev1.Pod, o istiodOptions) (*istiod
 		return nil, err
 	}
 	addr := func(i int) string { return fmt.Sprintf("127.0.0.1:%d", ports[i]) }
-	d := &istiod{pod: pod.Name, dir: dir, env: podEnv(pod, "discovery"), httpAddr: addr(0), CAAddr: addr(3)}
+	d := &istiod{pod: pod.Name, dir: dir, env: podEnv(pod, "discovery"), httpAddr: addr(0), webhookAddr: addr(1), CAAddr: addr(3)}
 	env := []string{
 		"POD_NAMESPACE=" + pod.Namespace,
 		"POD_NAME=" + pod.Name,
@@ -80,6 +82,9 @@ func startIstiod(ctx context.Context, pod *corev1.Pod, o istiodOptions) (*istiod
 		"ROOT_CA_DIR=" + filepath.Join(dir, "etc", "cacerts"),
 		"KUBECONFIG=" + o.kubeconfig,
 		"ENABLE_CA_SERVER=true",
+		// The API server reaches the webhooks as https://localhost:<port>:
+		// istiod adds the name to its serving certificate.
+		"ISTIOD_CUSTOM_HOST=" + injectorHost,
 	}
 	for k, v := range d.env {
 		env = append(env, k+"="+v)
@@ -184,6 +189,9 @@ func newServiceProxy() (*serviceProxy, error) {
 }
 
 func (p *serviceProxy) Addr() string { return p.ln.Addr().String() }
+
+// port is the Service's local port.
+func (p *serviceProxy) port() int { return p.ln.Addr().(*net.TCPAddr).Port }
 
 func (p *serviceProxy) setBackend(addr string) {
 	p.mu.Lock()

@@ -151,8 +151,21 @@ func (s *Sandbox) startMember(ctx, runCtx context.Context, opts Options, b *bund
 		IstiodVersion: opts.istiodVersion, GracePeriod: opts.GracePeriod, ClusterID: opts.clusterID(),
 		Bundle: b, AppNamespaces: s.AppNamespaces(), ServiceAccounts: opts.ServiceAccounts,
 	}
+	if opts.Sidecars > 0 {
+		// Before istiod starts: it serves injection only when it finds its
+		// templates.
+		if err := m.rt.installInjection(ctx, c.Client()); err != nil {
+			return m, err
+		}
+	}
 	if err := install(ctx, c.Client(), spec); err != nil {
 		return m, err
+	}
+	if err := installSidecars(ctx, c.Client(), opts.Sidecars, opts.GracePeriod); err != nil {
+		return m, err
+	}
+	if opts.Sidecars > 0 {
+		go m.rt.checkAdmission(runCtx)
 	}
 	return m, nil
 }
@@ -294,6 +307,28 @@ func (s *Sandbox) IstiodLogContains(str string) bool {
 	return false
 }
 
+// EnvoyPods says what runs the envoy pods: the real pilot-agent with the
+// envoy stand-in, or the simulated istio-agent.
+func (s *Sandbox) EnvoyPods() string {
+	if s.opts.Agent == AgentReal {
+		return envoyLabel + " behind " + agentLabel + " " + s.opts.istiodVersion
+	}
+	return "envoy and istio-agent " + proxyVersion + " (simulated, in-process)"
+}
+
+// AgentLogLines returns the lines of the real pilot-agents' logs (every
+// live envoy pod of every member, Options.Agent real) that contain substr,
+// each prefixed with its pod.
+func (s *Sandbox) AgentLogLines(substr string) []string {
+	var out []string
+	for _, m := range s.members {
+		if m.rt != nil {
+			out = append(out, m.rt.data.agentLogLines(substr)...)
+		}
+	}
+	return out
+}
+
 // Draining counts the proxies of every cluster that are terminating: they
 // still hold connections until their drain deadline.
 func (s *Sandbox) Draining() int {
@@ -363,6 +398,9 @@ func (s *Sandbox) Status(context.Context) (*Status, error) {
 		Dir: s.opts.Dir, Kubeconfig: s.Kubeconfig(), Uptime: time.Since(s.started).Round(time.Second).String(),
 		IstiodVersion: s.opts.istiodVersion, ZtunnelVersion: ztunnelReleases[s.opts.ZtunnelVersion].tag + " (simulated)",
 		ProxyVersion: proxyVersion + " (simulated)", Probe: s.Probe(), Draining: s.Draining(),
+	}
+	if s.opts.Agent == AgentReal {
+		st.ProxyVersion = s.EnvoyPods()
 	}
 	for _, m := range s.members {
 		ms := m.status()

@@ -94,12 +94,20 @@ type runtime struct {
 	cms     listersv1.ConfigMapLister
 	queue   workqueue.TypedRateLimitingInterface[string]
 	svc     *serviceProxy
-	data    *dataPlane
+	// hooks is istiod's webhook Service (port 443 → 15017) on loopback:
+	// the API server calls the injection webhook through it.
+	hooks *serviceProxy
+	data  *dataPlane
 	// fetcher reads a proxy pod's admin port through an ordinary
 	// port-forward, once, for its readiness.
 	fetcher *kube.Fetcher
 	// ctx is the runtime's lifetime, set by run.
 	ctx context.Context
+
+	// The envoy stand-in binary, found or built once (envoyStub).
+	stubOnce sync.Once
+	stubPath string
+	stubErr  error
 
 	mu      sync.Mutex
 	istiods map[string]*istiod // by pod name; the newest serves the Service
@@ -112,6 +120,11 @@ func newRuntime(opts *Options, c *cluster.Cluster) (*runtime, error) {
 	if err != nil {
 		return nil, err
 	}
+	hooks, err := newServiceProxy()
+	if err != nil {
+		svc.close()
+		return nil, err
+	}
 	client := c.Client()
 	f := informers.NewSharedInformerFactory(client, 0)
 	r := &runtime{
@@ -122,6 +135,7 @@ func newRuntime(opts *Options, c *cluster.Cluster) (*runtime, error) {
 		cms:     f.Core().V1().ConfigMaps().Lister(),
 		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 		svc:     svc,
+		hooks:   hooks,
 		istiods: map[string]*istiod{},
 		backed:  map[string]podKind{},
 	}
@@ -316,6 +330,7 @@ func (r *runtime) startIstiod(ctx context.Context, pod *corev1.Pod) error {
 	r.order = append(r.order, pod.Name)
 	r.mu.Unlock()
 	r.svc.setBackend(d.CAAddr)
+	r.hooks.setBackend(d.webhookAddr)
 	r.opts.Logf("istiod %s ready (CA %s, multi-root %s)", pod.Name, d.CAAddr, d.env[EnvMultiRoot])
 	return nil
 }
@@ -337,8 +352,10 @@ func (r *runtime) stopIstiod(name string) {
 	r.mu.Unlock()
 	if newest != nil {
 		r.svc.setBackend(newest.CAAddr)
+		r.hooks.setBackend(newest.webhookAddr)
 	} else {
 		r.svc.setBackend("")
+		r.hooks.setBackend("")
 	}
 	if d != nil {
 		if err := d.stop(); err != nil {
@@ -396,6 +413,7 @@ func (r *runtime) shutdown() {
 		r.stopIstiod(n)
 	}
 	r.svc.close()
+	r.hooks.close()
 }
 
 // identitiesOn lists the SPIFFE identities of the ambient workloads running
@@ -464,6 +482,11 @@ func (r *runtime) watchReady(pod *corev1.Pod, p *proxyPod) {
 			if !p.proxy().Ready() {
 				last = errors.New("no certificate yet")
 				return false, nil
+			}
+			if p.agent != nil {
+				if last = p.agent.healthy(ctx); last != nil {
+					return false, nil
+				}
 			}
 			if _, last = r.fetcher.Get(ctx, ns, name, "/config_dump"); last != nil {
 				return false, nil

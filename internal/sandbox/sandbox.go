@@ -9,9 +9,12 @@
 // The sandbox plays kubelet for the pods that need a process: it starts
 // pilot-discovery when an istiod pod starts and stops it when the pod goes,
 // projects the cacerts Secret into istiod's CA directory as a secret volume
-// would, and starts an in-process ztunnel or istio-agent for every ztunnel
-// or envoy pod, reachable through kwok's port-forward on pod port 15000.
-// Nothing in meshca knows it talks to a sandbox.
+// would, and starts an in-process ztunnel for every ztunnel pod and, for
+// every envoy pod, either the real pilot-agent (Options.Agent AgentReal: the
+// sandbox lays out the pod's filesystem and env as kubelet would, and the
+// agent runs internal/sandbox/envoystub as its envoy) or the in-process
+// simulated istio-agent; each is reachable through kwok's port-forward on
+// pod port 15000. Nothing in meshca knows it talks to a sandbox.
 package sandbox
 
 import (
@@ -73,6 +76,20 @@ type Options struct {
 	// pairs (the east-west path modelled as a direct mTLS connection
 	// between the proxies).
 	Clusters int
+	// Sidecars is the number of sidecar workloads (namespace
+	// SidecarNamespace, labelled istio-injection=enabled) whose istio-proxy
+	// istiod's own injection webhook adds; with it the sandbox registers
+	// the webhook and istiod's injection templates.
+	Sidecars int
+	// Agent is what backs the envoy pods (waypoints, gateway): AgentReal
+	// runs the real pilot-agent with the envoy stand-in behind it;
+	// AgentSimulated (the default) the in-process simulated istio-agent.
+	Agent string
+	// RootCertVolumeDelay is how long after istiod rewrites a namespace's
+	// istio-ca-root-cert the file mounted into a real agent's pod changes,
+	// as kubelet refreshes ConfigMap volumes on its sync period
+	// (DefaultRootCertVolumeDelay when zero; negative means at once).
+	RootCertVolumeDelay time.Duration
 	// ClusterName is set by Start on each member of a multi-cluster
 	// sandbox: its name, context and CLUSTER_ID.
 	ClusterName string
@@ -129,6 +146,19 @@ func (o *Options) defaults() error {
 	}
 	if o.Clusters <= 0 {
 		o.Clusters = 1
+	}
+	switch o.Agent {
+	case "":
+		o.Agent = AgentSimulated
+	case AgentSimulated, AgentReal:
+	default:
+		return fmt.Errorf("sandbox: --agent %q: use %s (pilot-agent built from the istio pin, with the envoy stand-in) or %s", o.Agent, AgentReal, AgentSimulated)
+	}
+	if o.Sidecars < 0 {
+		return errors.New("sandbox: --sidecars must not be negative")
+	}
+	if o.RootCertVolumeDelay == 0 {
+		o.RootCertVolumeDelay = DefaultRootCertVolumeDelay
 	}
 	if o.KeyType == "" {
 		o.KeyType = pki.ECDSAP256

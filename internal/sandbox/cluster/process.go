@@ -110,6 +110,19 @@ func (p *Process) exited() bool {
 	}
 }
 
+// Terminate sends SIGTERM to the process alone, not its group, as kubelet
+// signals a container's main process: what it started (pilot-agent's envoy)
+// is its to stop. Follow with Stop to reap it.
+func (p *Process) Terminate() error {
+	if p.exited() {
+		return nil
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("signal %s (pid %d): %w", p.name, p.Pid(), err)
+	}
+	return nil
+}
+
 // Stop sends SIGTERM to the process group, then SIGKILL after grace, and
 // waits for the process; anything else left in its group is killed too. It
 // reports a process that had already exited on its own (with its log tail) or

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -362,126 +361,37 @@ func (a *Agent) Drain(after time.Duration, reason string) {
 // identityForSNI: an envoy proxy has one identity whatever the SNI.
 func (a *Agent) identityForSNI(string) (string, bool) { return a.identity.String(), true }
 
-// The JSON of envoy's admin dump, in envoy's own snake_case.
-type envoyConfigDump struct {
-	Configs []any `json:"configs"`
-}
-
-type envoyTypedOnly struct {
-	Type string `json:"@type"`
-}
-
-type envoyBootstrapDump struct {
-	Type        string         `json:"@type"`
-	Bootstrap   map[string]any `json:"bootstrap"`
-	LastUpdated string         `json:"last_updated"`
-}
-
-type envoySecretsDump struct {
-	Type                  string               `json:"@type"`
-	DynamicActiveSecrets  []envoyDynamicSecret `json:"dynamic_active_secrets,omitempty"`
-	DynamicWarmingSecrets []envoyDynamicSecret `json:"dynamic_warming_secrets,omitempty"`
-}
-
-type envoyDynamicSecret struct {
-	Name        string      `json:"name"`
-	VersionInfo string      `json:"version_info,omitempty"`
-	LastUpdated string      `json:"last_updated"`
-	Secret      envoySecret `json:"secret"`
-}
-
-type envoySecret struct {
-	Type              string                  `json:"@type"`
-	Name              string                  `json:"name"`
-	TLSCertificate    *envoyTLSCertificate    `json:"tls_certificate,omitempty"`
-	ValidationContext *envoyValidationContext `json:"validation_context,omitempty"`
-}
-
-type envoyTLSCertificate struct {
-	CertificateChain envoyDataSource `json:"certificate_chain"`
-	PrivateKey       envoyDataSource `json:"private_key"`
-}
-
-type envoyValidationContext struct {
-	TrustedCA envoyDataSource `json:"trusted_ca"`
-}
-
-// envoyDataSource.InlineBytes is a proto bytes field: base64 in JSON.
-type envoyDataSource struct {
-	InlineBytes string `json:"inline_bytes"`
-}
-
-// redacted is what envoy shows for a private key: base64 of "[redacted]".
-var redacted = b64Bytes([]byte("[redacted]"))
-
-// SecretsDump returns envoy's SecretsConfigDump: secret "default" with
-// tls_certificate.certificate_chain (base64 of the PEM of the leaf and
-// chain) and "ROOTCA" with validation_context.trusted_ca (base64 of the PEM
-// of every root), in the reference format (facts §4). A secret the proxy
-// does not hold yet is absent.
+// SecretsDump returns envoy's SecretsConfigDump of the proxy's secrets (see
+// RenderSecretsDump).
 func (a *Agent) SecretsDump() ([]byte, error) {
-	body, err := json.MarshalIndent(a.secretsDump(), "", " ")
+	body, err := RenderSecretsDump(a.dumpSecrets())
 	if err != nil {
-		return nil, fmt.Errorf("%s/%s: secrets dump: %w", a.kind, a.name, err)
+		return nil, fmt.Errorf("%s/%s: %w", a.kind, a.name, err)
 	}
 	return body, nil
 }
 
-func (a *Agent) secretsDump() envoySecretsDump {
+// dumpSecrets lists what the proxy holds as envoy's dump shows it.
+func (a *Agent) dumpSecrets() []DumpSecret {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	d := envoySecretsDump{Type: secretsConfigDumpType}
+	var out []DumpSecret
 	if a.cert != nil {
-		d.DynamicActiveSecrets = append(d.DynamicActiveSecrets, envoyDynamicSecret{
-			Name:        SecretDefault,
-			VersionInfo: fmt.Sprintf("%s/%d", rfc3339(a.certUpdated), a.certVersion),
-			LastUpdated: protoTimestamp(a.certUpdated),
-			Secret: envoySecret{
-				Type: secretType,
-				Name: SecretDefault,
-				TLSCertificate: &envoyTLSCertificate{
-					CertificateChain: envoyDataSource{InlineBytes: b64PEM(a.cert.Chain...)},
-					PrivateKey:       envoyDataSource{InlineBytes: redacted},
-				},
-			},
-		})
+		out = append(out, DumpSecret{Name: SecretDefault, Version: fmt.Sprintf("%s/%d", rfc3339(a.certUpdated), a.certVersion),
+			Updated: a.certUpdated, CertChainPEM: pki.EncodeCerts(a.cert.Chain...)})
 	}
 	if len(a.rootCA) > 0 {
-		d.DynamicActiveSecrets = append(d.DynamicActiveSecrets, envoyDynamicSecret{
-			Name:        SecretRootCA,
-			VersionInfo: fmt.Sprintf("%s/%d", rfc3339(a.rootCAUpdated), a.rootCAVersion),
-			LastUpdated: protoTimestamp(a.rootCAUpdated),
-			Secret: envoySecret{
-				Type:              secretType,
-				Name:              SecretRootCA,
-				ValidationContext: &envoyValidationContext{TrustedCA: envoyDataSource{InlineBytes: b64PEM(a.rootCA...)}},
-			},
-		})
+		out = append(out, DumpSecret{Name: SecretRootCA, Version: fmt.Sprintf("%s/%d", rfc3339(a.rootCAUpdated), a.rootCAVersion),
+			Updated: a.rootCAUpdated, TrustedCAPEM: pki.EncodeCerts(a.rootCA...)})
 	}
-	return d
+	return out
 }
 
-// ConfigDump renders GET /config_dump as envoy does: a ConfigDump whose
-// "configs" hold a BootstrapConfigDump and the SecretsConfigDump. With a
-// mask (?mask=dynamic_active_secrets,dynamic_warming_secrets) envoy trims
-// every config to the masked fields, so the bootstrap keeps only its @type.
+// ConfigDump renders GET /config_dump as envoy does (see RenderConfigDump).
 func (a *Agent) ConfigDump(masked bool) ([]byte, error) {
-	var boot any = envoyTypedOnly{Type: bootstrapConfigDumpType}
-	if !masked {
-		boot = envoyBootstrapDump{
-			Type: bootstrapConfigDumpType,
-			Bootstrap: map[string]any{
-				"node": map[string]any{
-					"id":      a.nodeID(),
-					"cluster": a.clusterName(),
-				},
-			},
-			LastUpdated: protoTimestamp(a.now()),
-		}
-	}
-	body, err := json.MarshalIndent(envoyConfigDump{Configs: []any{boot, a.secretsDump()}}, "", " ")
+	body, err := RenderConfigDump(masked, a.nodeID(), a.clusterName(), a.now(), a.dumpSecrets())
 	if err != nil {
-		return nil, fmt.Errorf("%s/%s: config dump: %w", a.kind, a.name, err)
+		return nil, fmt.Errorf("%s/%s: %w", a.kind, a.name, err)
 	}
 	return body, nil
 }

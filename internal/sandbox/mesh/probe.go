@@ -96,6 +96,7 @@ type Probe struct {
 
 type counts struct {
 	handshakes, failures, refused, resets, connections, issuance int64
+	admissions, admissionFailures                                int64
 }
 
 // PairFailures counts the failures of one ordered pair of proxies (or, for
@@ -131,6 +132,9 @@ const (
 	EventRefused  = "refused"
 	EventReset    = "reset"
 	EventIssuance = "issuance"
+	// EventAdmission is a pod creation the API server refused because a
+	// webhook call failed.
+	EventAdmission = "admission"
 )
 
 // Event is one disruption, with its time, so that a caller can attribute
@@ -178,6 +182,12 @@ type Snapshot struct {
 	RefusedByPair map[string]PairFailures `json:"refusedByPair"`
 	// ResetsByPair is keyed like FailuresByPair.
 	ResetsByPair map[string]PairResets `json:"resetsByPair"`
+	// Admissions counts the throwaway injected pods the admission check
+	// created (dry run) through istiod's injection webhook;
+	// AdmissionFailures those the API server refused (a webhook the API
+	// server could not call, e.g. a stale caBundle).
+	Admissions        int64 `json:"admissions"`
+	AdmissionFailures int64 `json:"admissionFailures"`
 	// IssuanceFailuresByProxy is keyed by proxy ("ztunnel/node-1").
 	IssuanceFailuresByProxy map[string]PairFailures `json:"issuanceFailuresByProxy"`
 	// ByPairKind holds the counters per pair kind.
@@ -250,6 +260,7 @@ func (p *Probe) Snapshot() Snapshot {
 	s := Snapshot{
 		Handshakes: c.handshakes, Failures: c.failures, Refused: c.refused, Resets: c.resets,
 		Connections: c.connections, IssuanceFailures: c.issuance, Skipped: p.skipped,
+		Admissions: c.admissions, AdmissionFailures: c.admissionFailures,
 		FailuresByPair: copyFailures(p.byPair), RefusedByPair: copyFailures(p.refusedBy),
 		IssuanceFailuresByProxy: copyFailures(p.issuanceBy),
 		ResetsByPair:            make(map[string]PairResets, len(p.resetsBy)),
@@ -311,6 +322,18 @@ func (p *Probe) IssuanceFailed(proxy, identity string, err error) {
 	reason := identity + ": " + err.Error()
 	bump(p.issuanceBy, proxy, reason, p.opts.Now().UTC())
 	p.eventLocked(Event{Type: EventIssuance, Proxy: proxy, Reason: reason})
+}
+
+// AdmissionChecked counts one creation of a throwaway injected pod: err is
+// nil when the API server admitted it.
+func (p *Probe) AdmissionChecked(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.counts.admissions++
+	if err != nil {
+		p.counts.admissionFailures++
+		p.eventLocked(Event{Type: EventAdmission, Reason: err.Error()})
+	}
 }
 
 // ProxyTerminated counts a proxy pod of kind that went away (a restart or

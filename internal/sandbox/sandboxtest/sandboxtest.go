@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,10 +17,30 @@ import (
 	"github.com/meshca/meshca/internal/sandbox/cluster"
 )
 
+// AgentEnv, when set to "real" or "simulated", chooses what backs the envoy
+// pods of every sandbox a test starts without choosing (Options.Agent), so
+// the same scenario tests run against the real pilot-agent.
+const AgentEnv = "MESHCA_SANDBOX_AGENT"
+
+// SidecarsEnv, when set to a number, adds that many sidecar workloads
+// injected by istiod (Options.Sidecars) to every sandbox a test starts
+// without any, so the same scenario tests cover the sidecar path.
+const SidecarsEnv = "MESHCA_SANDBOX_SIDECARS"
+
 // Start starts a sandbox with opts in a temporary directory (Dir and BinDir
 // are filled in; Logf too when unset).
 func Start(tb testing.TB, opts sandbox.Options) *sandbox.Sandbox {
 	tb.Helper()
+	if opts.Agent == "" {
+		opts.Agent = os.Getenv(AgentEnv)
+	}
+	if v := os.Getenv(SidecarsEnv); v != "" && opts.Sidecars == 0 {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			tb.Fatalf("%s=%q: want a number of sidecar workloads", SidecarsEnv, v)
+		}
+		opts.Sidecars = n
+	}
 	bin, err := cluster.FindBinDir()
 	if err == nil {
 		if missing := (cluster.Config{BinDir: bin}).Missing(); len(missing) > 0 {

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshca/meshca/internal/sandbox/mesh"
+)
+
+// stub is one running envoy stand-in.
+type stub struct {
+	boot *bootstrap
+	log  *slog.Logger
+	sds  *mesh.SDSWatch
+	srv  *http.Server
+	quit chan struct{}
+	once sync.Once
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// Counters of the xDS updates accepted, as envoy's stats name them.
+	cdsSuccess, ldsSuccess atomic.Uint64
+	// draining is set by POST /drain_listeners: server.state becomes
+	// DRAINING (1).
+	draining atomic.Bool
+}
+
+func newStub(boot *bootstrap, log *slog.Logger) *stub {
+	s := &stub{boot: boot, log: log, quit: make(chan struct{})}
+	s.sds = mesh.NewSDSWatch(boot.sdsPath, boot.node.GetId(), log, func(sec mesh.SDSSecret) {
+		log.Info("sds secret updated", "secret", sec.Name, "version", sec.Version)
+	})
+	return s
+}
+
+func (s *stub) start(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.boot.adminAddr)
+	if err != nil {
+		return fmt.Errorf("admin listener %s: %w", s.boot.adminAddr, err)
+	}
+	s.srv = &http.Server{Handler: s.mux(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("admin server", "err", err)
+		}
+	}()
+	if err := s.sds.Start(); err != nil {
+		return err
+	}
+	ctx, s.cancel = context.WithCancel(ctx)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.runADS(ctx)
+	}()
+	return nil
+}
+
+func (s *stub) close() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	s.sds.Stop()
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = s.srv.Shutdown(sctx)
+}
+
+func (s *stub) mux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/config_dump", func(w http.ResponseWriter, r *http.Request) {
+		body, err := mesh.RenderConfigDump(r.URL.Query().Get("mask") != "", s.boot.node.GetId(), s.boot.node.GetCluster(), now(), s.dumpSecrets())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(body)
+	})
+	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) {
+		state := s.state()
+		if state != "LIVE" {
+			http.Error(w, state, http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = fmt.Fprintln(w, state)
+	})
+	mux.HandleFunc("/stats", s.stats)
+	mux.HandleFunc("/server_info", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = fmt.Fprintf(w, "{\"version\": %q, \"state\": %q}\n", label, s.state())
+	})
+	mux.HandleFunc("/drain_listeners", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		s.draining.Store(true)
+		s.log.Info("draining listeners", "query", r.URL.RawQuery)
+		_, _ = fmt.Fprintln(w, "OK")
+	})
+	mux.HandleFunc("/quitquitquit", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		_, _ = fmt.Fprintln(w, "OK")
+		s.once.Do(func() { close(s.quit) })
+	})
+	return mux
+}
+
+// state is server.state as envoy names it: LIVE once both secrets and the
+// first CDS and LDS updates are in, DRAINING after /drain_listeners,
+// INITIALIZING before.
+func (s *stub) state() string {
+	switch {
+	case s.draining.Load():
+		return "DRAINING"
+	case s.initialized():
+		return "LIVE"
+	}
+	return "INITIALIZING"
+}
+
+func (s *stub) initialized() bool {
+	_, okCert := s.sds.Secret(mesh.SecretDefault)
+	_, okRoot := s.sds.Secret(mesh.SecretRootCA)
+	return okCert && okRoot && s.cdsSuccess.Load() > 0 && s.ldsSuccess.Load() > 0
+}
+
+// stats answers GET /stats with the counters the agent's readiness probe
+// reads (server.state: 0 LIVE, 1 DRAINING, 3 INITIALIZING), filtered by the
+// filter regexp as envoy does.
+func (s *stub) stats(w http.ResponseWriter, r *http.Request) {
+	state := map[string]int{"LIVE": 0, "DRAINING": 1, "INITIALIZING": 3}[s.state()]
+	workers := 0
+	if s.initialized() {
+		workers = 1
+	}
+	lines := []struct {
+		name string
+		v    uint64
+	}{
+		{"cluster_manager.cds.update_rejected", 0},
+		{"cluster_manager.cds.update_success", s.cdsSuccess.Load()},
+		{"listener_manager.lds.update_rejected", 0},
+		{"listener_manager.lds.update_success", s.ldsSuccess.Load()},
+		{"listener_manager.workers_started", uint64(workers)},
+		{"server.state", uint64(state)},
+	}
+	var re *regexp.Regexp
+	if f := r.URL.Query().Get("filter"); f != "" {
+		var err error
+		if re, err = regexp.Compile(f); err != nil {
+			http.Error(w, "invalid filter regex", http.StatusBadRequest)
+			return
+		}
+	}
+	var b strings.Builder
+	for _, l := range lines {
+		if re == nil || re.MatchString(l.name) {
+			fmt.Fprintf(&b, "%s: %d\n", l.name, l.v)
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	_, _ = w.Write([]byte(b.String()))
+}
+
+// dumpSecrets is what SDS gave, as envoy's secrets dump shows it.
+func (s *stub) dumpSecrets() []mesh.DumpSecret {
+	var out []mesh.DumpSecret
+	if c, ok := s.sds.Secret(mesh.SecretDefault); ok {
+		out = append(out, mesh.DumpSecret{Name: c.Name, Version: c.Version, Updated: c.Updated, CertChainPEM: c.CertChain})
+	}
+	if r, ok := s.sds.Secret(mesh.SecretRootCA); ok {
+		out = append(out, mesh.DumpSecret{Name: r.Name, Version: r.Version, Updated: r.Updated, TrustedCAPEM: r.TrustedCA})
+	}
+	return out
+}
