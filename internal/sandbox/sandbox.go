@@ -81,9 +81,11 @@ type Options struct {
 	// istiod's own injection webhook adds; with it the sandbox registers
 	// the webhook and istiod's injection templates.
 	Sidecars int
-	// Agent is what backs the envoy pods (waypoints, gateway): AgentReal
-	// runs the real pilot-agent with the envoy stand-in behind it;
-	// AgentSimulated (the default) the in-process simulated istio-agent.
+	// Agent is what backs the envoy pods (waypoints, gateway, sidecars):
+	// AgentReal (the default) runs the real pilot-agent with the envoy
+	// stand-in behind it; AgentSimulated the in-process simulated
+	// istio-agent (kept for comparison and for machines without the
+	// pilot-agent binary).
 	Agent string
 	// RootCertVolumeDelay is how long after istiod rewrites a namespace's
 	// istio-ca-root-cert the file mounted into a real agent's pod changes,
@@ -149,7 +151,7 @@ func (o *Options) defaults() error {
 	}
 	switch o.Agent {
 	case "":
-		o.Agent = AgentSimulated
+		o.Agent = AgentReal
 	case AgentSimulated, AgentReal:
 	default:
 		return fmt.Errorf("sandbox: --agent %q: use %s (pilot-agent built from the istio pin, with the envoy stand-in) or %s", o.Agent, AgentReal, AgentSimulated)
