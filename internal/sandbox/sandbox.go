@@ -73,6 +73,14 @@ type Options struct {
 	// pairs (the east-west path modelled as a direct mTLS connection
 	// between the proxies).
 	Clusters int
+	// CA is how istiod gets its CA: CAPlugin (default), CASelfSigned or
+	// CAExpiring.
+	CA string
+	// CALifetime is how long the CAExpiring CA lives after start
+	// (DefaultCALifetime when zero); ExpireRoot makes the root expire then
+	// rather than only the intermediate.
+	CALifetime time.Duration
+	ExpireRoot bool
 	// ClusterName is set by Start on each member of a multi-cluster
 	// sandbox: its name, context and CLUSTER_ID.
 	ClusterName string
@@ -132,6 +140,9 @@ func (o *Options) defaults() error {
 	}
 	if o.KeyType == "" {
 		o.KeyType = pki.ECDSAP256
+	}
+	if err := o.caDefaults(); err != nil {
+		return err
 	}
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
