@@ -42,6 +42,9 @@ func (e *Engine) rollback(ctx context.Context, c *Cluster) error {
 		e.emit(Event{Kind: EventNote, Cluster: c.Name, Detail: "already rolled back to secret " + st.record.BackupSecret})
 		return nil
 	}
+	if st.record.Migration() {
+		return e.rollbackMigration(ctx, st)
+	}
 	backup, err := st.s.readBackup(ctx, st.record.BackupSecret)
 	if err != nil {
 		return err
@@ -119,6 +122,9 @@ type ClusterStatus struct {
 	BackupSecret string   `json:"backupSecret,omitempty"`
 	OldRoots     []string `json:"oldRoots"`
 	NewRoot      string   `json:"newRoot,omitempty"`
+	// CA says what istiod signs with now: "plug-in (secret cacerts)" or
+	// "self-signed (secret istio-ca-secret)".
+	CA string `json:"ca"`
 	// Signer is the fingerprint of the certificate cacerts signs with now.
 	Signer string `json:"signer"`
 	// Roots are the fingerprints in cacerts' root-cert.pem now.
@@ -147,6 +153,10 @@ func (e *Engine) Status(ctx context.Context) ([]ClusterStatus, error) {
 		}
 		cs := ClusterStatus{Context: c.Name, Phase: PhaseNone, Signer: pki.Fingerprint(p.Signer), Roots: uniqueFPs(p.Roots), Record: st.record}
 		cs.OldRoots = cs.Roots
+		cs.CA = "plug-in (secret " + CACertsSecret + ")"
+		if st.selfSigned {
+			cs.CA = "self-signed (secret " + mesh.SelfSignedSecret + ")"
+		}
 		if st.record != nil {
 			cs.Phase, cs.BackupSecret, cs.OldRoots, cs.NewRoot = st.phase, st.record.BackupSecret, st.record.OldRoots, st.record.NewRoot
 		}

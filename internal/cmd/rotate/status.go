@@ -67,6 +67,10 @@ func printStatus(env *cli.Env, s rotate.ClusterStatus) {
 		return strings.Join(out, ", ")
 	}
 	_, _ = fmt.Fprintf(w, "cluster %s: phase %s\n", s.Context, s.Phase)
+	_, _ = fmt.Fprintf(w, "  CA             %s\n", s.CA)
+	if s.Record.Migration() {
+		_, _ = fmt.Fprintln(w, "  migration      from istiod's self-signed CA (istio-ca-secret, backed up, never written)")
+	}
 	_, _ = fmt.Fprintf(w, "  signer         %.12s\n  roots          %s\n", s.Signer, short(s.Roots))
 	if s.Record != nil {
 		_, _ = fmt.Fprintf(w, "  old roots      %s\n  new root       %.12s\n  backup         %s\n", short(s.OldRoots), s.NewRoot, s.BackupSecret)
