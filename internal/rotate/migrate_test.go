@@ -73,7 +73,9 @@ func assertServesFrom(t *testing.T, s *sandbox.Sandbox, rootPEM []byte, what str
 
 func assertNoRefused(t *testing.T, s *sandbox.Sandbox, what string) {
 	t.Helper()
-	if snap := s.Probe(); snap.Refused != 0 {
+	snap := s.Probe()
+	t.Logf("%s: %d refused, %d long-lived connections, %d reset, %d failed CSRs", what, snap.Refused, snap.Connections, snap.Resets, snap.IssuanceFailures)
+	if snap.Refused != 0 {
 		t.Errorf("%s: %d refused connections, want 0", what, snap.Refused)
 	}
 }
