@@ -94,6 +94,23 @@ func TestMigrationFromSelfSignedUnderProbeTraffic(t *testing.T) {
 	if len(selfRoot) == 0 {
 		selfRoot = before.Data["ca-cert.pem"]
 	}
+	t.Run("plan and status say it is a migration", func(t *testing.T) {
+		var log bytes.Buffer
+		plans, err := rotate.New([]*rotate.Cluster{tg.cluster}, options(newRoot(t), bundle.PhaseRetire, &log)).Plan(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := plans[0]; !p.Migration || !p.Start || len(p.Blockers) > 0 || !strings.Contains(p.Why, "self-signed") {
+			t.Errorf("plan does not start a migration: %+v", p)
+		}
+		sts, err := rotate.New([]*rotate.Cluster{tg.cluster}, rotate.Options{}).Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(sts[0].CA, "self-signed") {
+			t.Errorf("status says CA %q, want self-signed", sts[0].CA)
+		}
+	})
 	t.Run("to trust and rolled back to self-signed", func(t *testing.T) {
 		var log bytes.Buffer
 		s.ResetProbe()
