@@ -229,6 +229,26 @@ func resourceVersions(t *testing.T, s *sandbox.Sandbox) map[string]string {
 	return out
 }
 
+// assertRefused checks that run is refused with an error saying each of
+// want, and that it changed none of the CA objects (resourceVersions).
+func assertRefused(t *testing.T, s *sandbox.Sandbox, run func() error, want ...string) {
+	t.Helper()
+	before := resourceVersions(t, s)
+	err := run()
+	if err == nil {
+		t.Fatal("the run was not refused")
+	}
+	t.Logf("refusal: %v", err)
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("refusal does not say %q: %v", w, err)
+		}
+	}
+	if after := resourceVersions(t, s); !maps.Equal(before, after) {
+		t.Errorf("a refused run changed objects: %v → %v", before, after)
+	}
+}
+
 // TestMigrationRefusals: a self-signed istiod without ISTIO_MULTIROOT_MESH,
 // and cacerts created next to istio-ca-secret without an istiod restart,
 // are each refused with the fix named and nothing changed.
@@ -238,21 +258,10 @@ func TestMigrationRefusals(t *testing.T) {
 	ctx := context.Background()
 	refused := func(t *testing.T, want ...string) {
 		t.Helper()
-		before := resourceVersions(t, s)
-		var log bytes.Buffer
-		err := rotate.New([]*rotate.Cluster{tg.cluster}, options(newRoot(t), bundle.PhaseRetire, &log)).Run(ctx)
-		if err == nil {
-			t.Fatalf("rotate ran:\n%s", log.String())
-		}
-		t.Logf("refusal: %v", err)
-		for _, w := range want {
-			if !strings.Contains(err.Error(), w) {
-				t.Errorf("refusal does not say %q: %v", w, err)
-			}
-		}
-		if after := resourceVersions(t, s); !maps.Equal(before, after) {
-			t.Errorf("a refused run changed objects: %v → %v", before, after)
-		}
+		assertRefused(t, s, func() error {
+			var log bytes.Buffer
+			return rotate.New([]*rotate.Cluster{tg.cluster}, options(newRoot(t), bundle.PhaseRetire, &log)).Run(ctx)
+		}, want...)
 	}
 	t.Run("self-signed istiod with ISTIO_MULTIROOT_MESH off", func(t *testing.T) {
 		refused(t, "ISTIO_MULTIROOT_MESH", "--set")

@@ -3,7 +3,6 @@ package rotate_test
 import (
 	"bytes"
 	"context"
-	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -30,28 +29,11 @@ func TestRecoverAnExpiredCA(t *testing.T) {
 	tg := newTarget(t, s, "sandbox")
 	ctx := context.Background()
 	expiry := mustParse(t, tg.original).Signer.NotAfter
-	refused := func(t *testing.T, run func() error, want ...string) {
-		t.Helper()
-		before := resourceVersions(t, s)
-		err := run()
-		if err == nil {
-			t.Fatal("the run was not refused")
-		}
-		t.Logf("refusal: %v", err)
-		for _, w := range want {
-			if !strings.Contains(err.Error(), w) {
-				t.Errorf("refusal does not say %q: %v", w, err)
-			}
-		}
-		if after := resourceVersions(t, s); !maps.Equal(before, after) {
-			t.Errorf("a refused run changed objects: %v → %v", before, after)
-		}
-	}
 	var log bytes.Buffer
 	recoverOpts := options(newRoot(t), "", &log)
 	recoverOpts.ReloadTimeout = time.Minute
 	t.Run("recover refuses a healthy mesh", func(t *testing.T) {
-		refused(t, func() error {
+		assertRefused(t, s, func() error {
 			_, err := rotate.New([]*rotate.Cluster{tg.cluster}, recoverOpts).Recover(ctx, rotate.RecoverOptions{})
 			return err
 		}, "refusing to recover a healthy CA", "meshca rotate --root DIR", "--force")
@@ -74,7 +56,7 @@ func TestRecoverAnExpiredCA(t *testing.T) {
 				t.Fatal(err)
 			}
 		}()
-		refused(t, func() error {
+		assertRefused(t, s, func() error {
 			return rotate.New([]*rotate.Cluster{tg.cluster}, options(newRoot(t), bundle.PhaseRetire, &log)).Run(ctx)
 		}, "istiod serves from cacerts and istio-ca-secret is unused", "kubectl -n istio-system delete secret istio-ca-secret")
 	})

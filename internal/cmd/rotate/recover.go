@@ -10,7 +10,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/cli"
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/report"
@@ -79,16 +78,7 @@ meshca rotate replaces a valid CA with zero downtime, recover does not.
 			}
 			opts := rotate.Options{KeyType: kt, IntermediateDays: o.intermediateDays,
 				ReloadTimeout: o.reloadTimeout, RolloutTimeout: o.rolloutTimeout, VerifyTimeout: o.verifyTimeout, Now: env.Now}
-			var dirs map[string]*bundle.Bundle
-			if o.root != "" {
-				if opts.Root, err = bundle.LoadRoot(o.root, env.Now()); err != nil {
-					return err
-				}
-				opts.RootDir = o.root
-			} else if dirs, err = loadCADirs(o.caDir, env.Contexts); err != nil {
-				return err
-			}
-			clusters, err := clusters(env, dirs)
+			clusters, err := newCA(env, o.root, o.caDir, &opts)
 			if err != nil {
 				return err
 			}
