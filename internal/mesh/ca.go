@@ -136,6 +136,17 @@ type RootConfigMap struct {
 	Err error
 }
 
+// ReadPublicRoots reads the istio-ca-root-cert ConfigMap of the Istio
+// namespace: the exact root-cert.pem bytes istiod loaded (facts §1), the
+// public view of its CA for a user without access to Secret cacerts.
+func ReadPublicRoots(ctx context.Context, cs kubernetes.Interface, namespace string) (*proxy.RootConfigMap, error) {
+	cm, err := cs.CoreV1().ConfigMaps(namespace).Get(ctx, proxy.RootConfigMapName, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("read configmap %s/%s: %w", namespace, proxy.RootConfigMapName, err)
+	}
+	return proxy.ReadRootConfigMap(cm)
+}
+
 // ReadRootConfigMaps reads the istio-ca-root-cert ConfigMap of every
 // namespace, sorted by namespace.
 func ReadRootConfigMaps(ctx context.Context, cs kubernetes.Interface) ([]RootConfigMap, error) {

@@ -67,6 +67,10 @@ type Options struct {
 	// Force retires the old root even though some proxy still holds a
 	// certificate that chains to it.
 	Force bool
+	// BreakLock takes over the rotation lock of a run that still renews it
+	// (--break-lock: for a run the operator knows is gone, e.g. a machine
+	// that lost its network).
+	BreakLock bool
 	// KeyType and IntermediateDays shape the intermediates meshca issues.
 	KeyType          pki.KeyType
 	IntermediateDays int
@@ -216,13 +220,26 @@ func (e *Engine) load(ctx context.Context, c *Cluster, create bool) (*state, err
 	} else if err := conflict(c, st.record, st.target); err != nil {
 		return nil, err
 	}
-	if st.next, err = st.s.readNext(ctx); err != nil {
+	if st.next, _, err = st.s.readNext(ctx); err != nil {
 		return nil, err
 	}
-	if st.next == nil {
-		return nil, fmt.Errorf("secret %s/%s with the new CA is missing although configmap %s records a rotation: it was deleted; restore it or roll back", c.Namespace, NextSecret, RecordName)
+	if st.next == nil && st.held.Signer == st.record.NewSigner {
+		// Deleted once the issue phase was proven: cacerts holds the key.
+		if st.next, err = pendingFromCACerts(st.cur, st.record); err != nil {
+			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
+		}
 	}
 	return st, nil
+}
+
+// pending is the new CA bundle of the rotation in progress: Secret
+// NextSecret, or cacerts itself once it signs with the new intermediate.
+func (st *state) pending() (*bundle.Bundle, error) {
+	if st.next == nil {
+		return nil, fmt.Errorf("secret %s/%s with the new CA is missing although configmap %s records a rotation and cacerts does not sign with the new intermediate %.12s: it was deleted (or a rollback stepped back from the issue phase); restore it, or finish the rollback with meshca rollback",
+			st.c.Namespace, NextSecret, RecordName, st.record.NewSigner)
+	}
+	return st.next, nil
 }
 
 // conflict refuses a run that names another CA than the rotation in
@@ -329,7 +346,7 @@ func (e *Engine) nextBundle(ctx context.Context, st *state, persist bool) (*bund
 		return nil, "", fmt.Errorf("cluster %s: no rotation in progress; give the new root with --root DIR (or a bundle with --ca-dir DIR)", st.c.Name)
 	}
 	// A pending bundle under the same root left by a crashed start.
-	if pending, _ := st.s.readNext(ctx); pending != nil && underRoot(pending, e.opts.Root, e.opts.Now()) {
+	if pending, _, _ := st.s.readNext(ctx); pending != nil && underRoot(pending, e.opts.Root, e.opts.Now()) {
 		if h, err := e.holdingOf(pending); err == nil && h.Signer != st.held.Signer {
 			return pending, fmt.Sprintf("the intermediate pending in secret %s/%s", st.c.Namespace, NextSecret), nil
 		}
@@ -376,11 +393,17 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 	if err := checkNewCA(st.c, e.opts.Root, now); err != nil {
 		return err
 	}
+	last, err := st.s.readRecord(ctx)
+	if err != nil {
+		return err
+	}
 	from, backup := CACertsSecret, st.s.backup
 	if st.selfSigned {
-		from, backup = mesh.SelfSignedSecret, func(ctx context.Context, _ *bundle.Bundle) (string, error) { return st.s.backupSelfSigned(ctx) }
+		from, backup = mesh.SelfSignedSecret, func(ctx context.Context, _ *bundle.Bundle, last *Record, now time.Time) (string, string, error) {
+			return st.s.backupSelfSigned(ctx, last, now)
+		}
 	}
-	name, err := backup(ctx, st.cur)
+	name, id, err := backup(ctx, st.cur, last, now)
 	if err != nil {
 		return err
 	}
@@ -393,7 +416,11 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 	if err := bundle.ValidateNew(next, now); err != nil {
 		return fmt.Errorf("cluster %s: the new CA bundle is not valid, nothing was changed: %w", st.c.Name, err)
 	}
-	if err := st.s.writeNext(ctx, next); err != nil {
+	_, nextRV, err := st.s.readNext(ctx)
+	if err != nil {
+		return err
+	}
+	if err := st.s.writeNext(ctx, next, nextRV); err != nil {
 		return err
 	}
 	oldP, err := st.cur.Parse()
@@ -413,6 +440,7 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 		strategy = "one-step"
 	}
 	st.record = &Record{
+		ID:        id,
 		Strategy:  strategy,
 		OldRoots:  uniqueFPs(oldP.Roots),
 		OldSigner: pki.Fingerprint(oldP.Signer),

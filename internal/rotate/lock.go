@@ -15,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
+
+	"github.com/meshca/meshca/internal/kube"
 )
 
 // LockName is the Lease in the Istio namespace that makes one rotation at a
@@ -74,8 +76,9 @@ func deadLocalHolder(holder string) bool {
 // root (a fingerprint, may be empty). A Lease held by another holder and
 // renewed within its duration refuses with ErrLocked, naming the holder;
 // an expired one is taken over with optimistic concurrency, so of two runs
-// taking it over at once only one wins.
-func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, holder, root string, now time.Time) (*lock, error) {
+// taking it over at once only one wins. breakLock takes over a live holder's
+// Lease too (--break-lock: the operator knows that run is gone).
+func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, holder, root string, now time.Time, breakLock bool) (*lock, error) {
 	leases := client.CoordinationV1().Leases(namespace)
 	l := &lock{client: client, namespace: namespace, holder: holder}
 	cur, err := leases.Get(ctx, LockName, metav1.GetOptions{})
@@ -87,7 +90,7 @@ func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, ho
 		}
 		if _, err := leases.Create(ctx, lease, metav1.CreateOptions{}); err != nil {
 			if apierrors.IsAlreadyExists(err) {
-				return nil, fmt.Errorf("lease %s/%s: %w: it was taken a moment ago; run meshca status", namespace, LockName, ErrLocked)
+				return nil, takenMeanwhile(ctx, client, namespace, now)
 			}
 			return nil, fmt.Errorf("create lease %s/%s: %w", namespace, LockName, err)
 		}
@@ -95,10 +98,8 @@ func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, ho
 	case err != nil:
 		return nil, fmt.Errorf("read lease %s/%s: %w", namespace, LockName, err)
 	}
-	if h := ptr.Deref(cur.Spec.HolderIdentity, ""); h != "" && h != holder && !expired(cur, now) && !deadLocalHolder(h) {
-		renewed := now.Sub(cur.Spec.RenewTime.Time).Round(time.Second)
-		return nil, fmt.Errorf("lease %s/%s: %w: held by %s (rotating to root %.12s, renewed %s ago, taken over %s after its last renewal if it stops); wait for it to finish, nothing was changed",
-			namespace, LockName, ErrLocked, h, cur.Annotations[lockRootAnnotation], renewed, lockDuration)
+	if h := ptr.Deref(cur.Spec.HolderIdentity, ""); h != "" && h != holder && !expired(cur, now) && !deadLocalHolder(h) && !breakLock {
+		return nil, heldBy(cur, now)
 	}
 	cur = cur.DeepCopy()
 	acquired := now
@@ -112,11 +113,32 @@ func acquireLock(ctx context.Context, client kubernetes.Interface, namespace, ho
 	cur.Annotations[lockRootAnnotation] = root
 	if _, err := leases.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
 		if apierrors.IsConflict(err) {
-			return nil, fmt.Errorf("lease %s/%s: %w: another run took it over at the same moment; run meshca status", namespace, LockName, ErrLocked)
+			return nil, takenMeanwhile(ctx, client, namespace, now)
 		}
 		return nil, fmt.Errorf("take over lease %s/%s: %w", namespace, LockName, err)
 	}
 	return l, nil
+}
+
+// heldBy is the refusal of a run that finds the lock held: who holds it,
+// for which root, and what to do.
+func heldBy(cur *coordinationv1.Lease, now time.Time) error {
+	renewed := "never renewed"
+	if cur.Spec.RenewTime != nil {
+		renewed = "renewed " + now.Sub(cur.Spec.RenewTime.Time).Round(time.Second).String() + " ago"
+	}
+	return fmt.Errorf("lease %s/%s: %w: held by %s (rotating to root %.12s, %s, taken over %s after its last renewal if it stops); wait for it to finish, nothing was changed (if that run is gone for good, --break-lock takes the lock over)",
+		cur.Namespace, LockName, ErrLocked, ptr.Deref(cur.Spec.HolderIdentity, ""), cur.Annotations[lockRootAnnotation], renewed, lockDuration)
+}
+
+// takenMeanwhile is the refusal of a run that lost the race to create or
+// take over the lock: it reads the winner back to name it.
+func takenMeanwhile(ctx context.Context, client kubernetes.Interface, namespace string, now time.Time) error {
+	cur, err := client.CoordinationV1().Leases(namespace).Get(ctx, LockName, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("lease %s/%s: %w: another run took it a moment ago; run meshca status", namespace, LockName, ErrLocked)
+	}
+	return heldBy(cur, now)
 }
 
 func leaseSpec(holder string, acquired, renewed time.Time) coordinationv1.LeaseSpec {
@@ -135,6 +157,45 @@ func expired(l *coordinationv1.Lease, now time.Time) bool {
 	}
 	d := time.Duration(ptr.Deref(l.Spec.LeaseDurationSeconds, int32(lockDuration/time.Second))) * time.Second
 	return now.After(l.Spec.RenewTime.Add(d))
+}
+
+// LockInfo is who holds a cluster's rotation lock, for `meshca status`.
+type LockInfo struct {
+	// Holder is host/pid/suffix of the run that holds it.
+	Holder string `json:"holder"`
+	// Root is the fingerprint of the root that run rotates to ("" when it
+	// did not know it yet: a rollback).
+	Root string `json:"root,omitempty"`
+	// Acquired and Renewed are the Lease's times.
+	Acquired time.Time `json:"acquired"`
+	Renewed  time.Time `json:"renewed"`
+	// Expired is set when the holder stopped renewing: the next run takes
+	// the lock over.
+	Expired bool `json:"expired"`
+}
+
+// ReadLock returns the holder of namespace's rotation lock, or nil when no
+// run holds it.
+func ReadLock(ctx context.Context, client kubernetes.Interface, namespace string, now time.Time) (*LockInfo, error) {
+	l, err := client.CoordinationV1().Leases(namespace).Get(ctx, LockName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read lease %s/%s: %w", namespace, LockName, err)
+	}
+	h := ptr.Deref(l.Spec.HolderIdentity, "")
+	if h == "" {
+		return nil, nil
+	}
+	info := &LockInfo{Holder: h, Root: l.Annotations[lockRootAnnotation], Expired: expired(l, now) || deadLocalHolder(h)}
+	if l.Spec.AcquireTime != nil {
+		info.Acquired = l.Spec.AcquireTime.UTC()
+	}
+	if l.Spec.RenewTime != nil {
+		info.Renewed = l.Spec.RenewTime.UTC()
+	}
+	return info, nil
 }
 
 // renew extends the Lease, only while this holder still holds it.
@@ -202,12 +263,21 @@ func (e *Engine) lockClusters(ctx context.Context) (context.Context, func(), err
 		}
 	}
 	for _, c := range e.clusters {
-		l, err := acquireLock(ctx, c.Client, c.Namespace, holder, e.lockRoot(c), e.opts.Now())
+		l, err := acquireLock(ctx, c.Client, c.Namespace, holder, e.lockRoot(c), e.opts.Now(), e.opts.BreakLock)
 		if err != nil {
 			unlockAll()
 			return nil, nil, fmt.Errorf("cluster %s: %w", c.Name, err)
 		}
 		held = append(held, l)
+	}
+	// Every wait of the run (istiod reloads, fleet proofs, rollouts) stops
+	// within seconds when an API server stops answering, instead of
+	// running into its own timeout.
+	var stops []context.CancelFunc
+	for _, c := range e.clusters {
+		var stop context.CancelFunc
+		ctx, stop = kube.MonitorAPI(ctx, c.Client, kube.HealthOptions{})
+		stops = append(stops, stop)
 	}
 	lctx, cancel := context.WithCancelCause(ctx)
 	done := make(chan struct{})
@@ -244,7 +314,29 @@ func (e *Engine) lockClusters(ctx context.Context) (context.Context, func(), err
 		close(done)
 		unlockAll()
 		cancel(context.Canceled)
+		for _, stop := range stops {
+			stop()
+		}
 	}, nil
+}
+
+// explainAPILoss turns the error of a run stopped because an API server
+// stopped answering into one that says so, with what the run had already
+// written and how to resume: the phase is derived from cacerts, so the
+// same command continues from there.
+func (e *Engine) explainAPILoss(ctx context.Context, err error, command string) error {
+	if err == nil {
+		return nil
+	}
+	var lost *kube.APIUnreachableError
+	if !errors.As(kube.UnreachableCause(ctx, err), &lost) {
+		return err
+	}
+	written := "nothing was written to cacerts by this run"
+	if w := e.summary.Written; len(w) > 0 {
+		written = "this run had written to cacerts: " + strings.Join(w, "; ")
+	}
+	return fmt.Errorf("%w (%s; the command to re-run: %s)", lost, written, command)
 }
 
 // lockRoot is the root a run for c rotates to, as the lock shows it to a

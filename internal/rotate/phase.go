@@ -21,6 +21,10 @@ func (e *Engine) Run(ctx context.Context) error {
 		return err
 	}
 	defer unlock()
+	return e.explainAPILoss(ctx, e.run(ctx), "meshca rotate")
+}
+
+func (e *Engine) run(ctx context.Context) error {
 	// Read every cluster and run the preflight where a rotation would
 	// start, before the first write in any cluster.
 	for _, c := range e.clusters {
@@ -168,7 +172,7 @@ func (e *Engine) runPhase(ctx context.Context, st *state, p Phase) error {
 		st.selfSigned = false
 		st.record.mark(p, false, e.opts.Now())
 		if err := st.s.writeRecord(ctx, st.record); err != nil {
-			return err
+			return writtenButUnrecorded(st, p, err)
 		}
 		e.emit(Event{Kind: EventPhaseWritten, Cluster: name, Phase: p, Object: st.c.Namespace + "/" + CACertsSecret,
 			Detail: fmt.Sprintf("phase %s: wrote cacerts (%s)", p, describeWrite(st.cur, want, reload))})
@@ -200,11 +204,15 @@ func (e *Engine) runPhase(ctx context.Context, st *state, p Phase) error {
 // istiod's reload shows in istio-ca-root-cert and PCDS makes envoys re-sign,
 // while the set of roots stays the same and never grows over renewals.
 func (e *Engine) phaseBundle(st *state, p Phase) (*bundle.Bundle, error) {
+	next, err := st.pending()
+	if err != nil {
+		return nil, err
+	}
 	if !st.record.IntermediateOnly() || p != PhaseIssue {
-		return bundle.Build(bundle.Phase(p), st.cur, st.next, e.opts.Now())
+		return bundle.Build(bundle.Phase(p), st.cur, next, e.opts.Now())
 	}
 	out := st.cur.Clone()
-	out.CACert, out.CAKey, out.CertChain = bytes.Clone(st.next.CACert), bytes.Clone(st.next.CAKey), bytes.Clone(st.next.CertChain)
+	out.CACert, out.CAKey, out.CertChain = bytes.Clone(next.CACert), bytes.Clone(next.CAKey), bytes.Clone(next.CertChain)
 	if st.held.Signer != st.record.NewSigner {
 		blocks, err := pki.DecodeBlocks(st.cur.Source, st.cur.RootCert)
 		if err != nil {
@@ -233,6 +241,13 @@ func (e *Engine) proven(ctx context.Context, st *state, p Phase, t0 time.Time, w
 	if err := st.s.writeRecord(ctx, st.record); err != nil {
 		return err
 	}
+	if p == PhaseIssue || p == PhaseRetire {
+		// cacerts signs with the new intermediate now: Secret NextSecret
+		// would only be a second copy of its key.
+		if err := e.forgetNext(ctx, st); err != nil {
+			return err
+		}
+	}
 	d := e.opts.Now().Sub(t0)
 	e.emit(Event{Kind: EventPhaseProven, Cluster: st.c.Name, Phase: p, Duration: d.Seconds(), Waiting: waited.Seconds(),
 		Detail: fmt.Sprintf("phase %s: ✓ proven on the whole fleet (%s)", p, d.Round(100*time.Millisecond))})
@@ -249,19 +264,22 @@ func (e *Engine) oneStep(ctx context.Context, st *state) error {
 	if st.phase != PhaseNone && (st.phase != PhaseTrust || !st.record.IntermediateOnly()) {
 		return fmt.Errorf("cluster %s is in phase %s of a phased rotation: the one-step strategy applies only to a fresh rotation", name, st.phase)
 	}
-	want := st.next.Clone()
-	want.RootCert = appendBytes(st.next.RootCert, st.cur.RootCert)
+	next, err := st.pending()
+	if err != nil {
+		return err
+	}
+	want := next.Clone()
+	want.RootCert = appendBytes(next.RootCert, st.cur.RootCert)
 	want.Source = "one-step bundle"
 	if err := bundle.Validate(want, e.opts.Now()); err != nil {
 		return err
 	}
-	var err error
 	if st.rv, err = st.s.writeCACerts(ctx, want, st.rv); err != nil {
 		return err
 	}
 	st.record.mark(PhaseIssue, false, e.opts.Now())
 	if err := st.s.writeRecord(ctx, st.record); err != nil {
-		return err
+		return writtenButUnrecorded(st, PhaseIssue, err)
 	}
 	e.emit(Event{Kind: EventPhaseWritten, Cluster: name, Phase: PhaseIssue, Object: st.c.Namespace + "/" + CACertsSecret,
 		Detail: "one-step: wrote the new signer and the old root appended in one write"})
@@ -290,6 +308,13 @@ func (e *Engine) oneStep(ctx context.Context, st *state) error {
 	}
 	e.emit(Event{Kind: EventNote, Cluster: name, Detail: "one-step rotation done; the old root is still trusted — run meshca rotate again to retire it"})
 	return nil
+}
+
+// writtenButUnrecorded is the error of a record update that failed right
+// after a cacerts write: the user must know that cacerts has changed.
+func writtenButUnrecorded(st *state, p Phase, err error) error {
+	return fmt.Errorf("secret %s/%s already holds the phase %s bundle (resourceVersion %s), but configmap %s/%s could not record it: %w; run meshca rotate again: it derives the phase from cacerts and continues from there",
+		st.c.Namespace, CACertsSecret, p, st.rv, st.c.Namespace, RecordName, err)
 }
 
 func appendBytes(a, b []byte) []byte {

@@ -182,15 +182,20 @@ func (e *Engine) recover(ctx context.Context, st *state, next *bundle.Bundle) (*
 	} else {
 		// Backup, the new bundle and the record before the one write of
 		// cacerts: a run killed at any point is re-run (see resumable).
-		if r.BackupSecret, err = st.s.backup(ctx, st.cur); err != nil {
+		var id string
+		if r.BackupSecret, id, err = st.s.backup(ctx, st.cur, st.record, t0); err != nil {
 			return nil, err
 		}
 		e.emit(Event{Kind: EventBackup, Cluster: name, Phase: PhaseRecover, Object: st.c.Namespace + "/" + r.BackupSecret,
 			Detail: fmt.Sprintf("backed up the expired cacerts to secret %s/%s (verified byte for byte)", st.c.Namespace, r.BackupSecret)})
-		if err := st.s.writeNext(ctx, next); err != nil {
+		_, nextRV, err := st.s.readNext(ctx)
+		if err != nil {
 			return nil, err
 		}
-		if err := e.recordRecovery(ctx, st, r, t0); err != nil {
+		if err := st.s.writeNext(ctx, next, nextRV); err != nil {
+			return nil, err
+		}
+		if err := e.recordRecovery(ctx, st, r, id, t0); err != nil {
 			return nil, err
 		}
 		if st.rv, err = st.s.writeCACerts(ctx, next, st.rv); err != nil {
@@ -232,6 +237,9 @@ func (e *Engine) recover(ctx context.Context, st *state, next *bundle.Bundle) (*
 	if err := st.s.writeRecord(ctx, st.record); err != nil {
 		return nil, err
 	}
+	if err := e.forgetNext(ctx, st); err != nil {
+		return nil, err
+	}
 	e.emit(Event{Kind: EventPhaseProven, Cluster: name, Phase: PhaseRecover, Duration: r.Proven,
 		Detail: fmt.Sprintf("recover: ✓ every proxy holds a certificate from the new CA and trusts only the new root (%.1fs after start)", r.Proven)})
 	return r, nil
@@ -255,13 +263,13 @@ const strategyRecover = "recover"
 // it, an interrupted run is resumed, and a later `meshca rotate` starts
 // afresh from it (a rotation record left in progress by the expired CA is
 // replaced).
-func (e *Engine) recordRecovery(ctx context.Context, st *state, r *Recovery, t0 time.Time) error {
+func (e *Engine) recordRecovery(ctx context.Context, st *state, r *Recovery, id string, t0 time.Time) error {
 	prev := st.record
 	old, err := st.cur.Parse()
 	if err != nil {
 		return err
 	}
-	rec := &Record{Strategy: strategyRecover, OldRoots: uniqueFPs(old.Roots), OldSigner: pki.Fingerprint(old.Signer),
+	rec := &Record{ID: id, Strategy: strategyRecover, OldRoots: uniqueFPs(old.Roots), OldSigner: pki.Fingerprint(old.Signer),
 		NewRoot: r.NewRoot, NewSigner: r.NewSigner, BackupSecret: r.BackupSecret, Started: t0.UTC()}
 	if prev != nil {
 		rec.resourceVersion = prev.resourceVersion

@@ -3,9 +3,9 @@ package rotate
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/meshca/meshca/internal/bundle"
-	"github.com/meshca/meshca/internal/mesh"
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/verify"
 )
@@ -24,7 +24,7 @@ func (e *Engine) Rollback(ctx context.Context) error {
 	defer unlock()
 	for _, c := range e.clusters {
 		if err := e.rollback(ctx, c); err != nil {
-			return fmt.Errorf("cluster %s: %w", c.Name, err)
+			return e.explainAPILoss(ctx, fmt.Errorf("cluster %s: %w", c.Name, err), "meshca rollback")
 		}
 	}
 	return nil
@@ -38,16 +38,16 @@ func (e *Engine) rollback(ctx context.Context, c *Cluster) error {
 	if st.record == nil {
 		return fmt.Errorf("no rotation recorded (configmap %s/%s): nothing to roll back", c.Namespace, RecordName)
 	}
-	if st.record.RolledBack != nil && (st.phase == PhaseNone || st.phase == PhaseRolledBack) {
-		e.emit(Event{Kind: EventNote, Cluster: c.Name, Detail: "already rolled back to secret " + st.record.BackupSecret})
-		return nil
-	}
 	if st.record.Migration() {
 		return e.rollbackMigration(ctx, st)
 	}
 	backup, err := st.s.readBackup(ctx, st.record.BackupSecret)
 	if err != nil {
 		return err
+	}
+	if st.record.RolledBack != nil && st.cur.Equal(backup) {
+		e.emit(Event{Kind: EventNote, Cluster: c.Name, Detail: fmt.Sprintf("already rolled back: cacerts equals secret %s/%s byte for byte", c.Namespace, st.record.BackupSecret)})
+		return e.forgetNext(ctx, st)
 	}
 	switch st.phase {
 	case PhaseRetire, PhaseComplete:
@@ -60,7 +60,11 @@ func (e *Engine) rollback(ctx context.Context, c *Cluster) error {
 			who, st.record.NewRoot, st.record.BackupSecret)
 	case PhaseIssue:
 		// Step back to the old signer while both roots are trusted.
-		back, err := bundle.Build(bundle.PhaseTrust, backup, st.next, e.opts.Now())
+		next, err := st.pending()
+		if err != nil {
+			return err
+		}
+		back, err := bundle.Build(bundle.PhaseTrust, backup, next, e.opts.Now())
 		if err != nil {
 			return err
 		}
@@ -72,26 +76,66 @@ func (e *Engine) rollback(ctx context.Context, c *Cluster) error {
 		}
 		fallthrough
 	case PhaseTrust:
+		// Leaves issued by the new intermediate (in the issue phase, or by
+		// a rollback interrupted right after its step back) chain only to
+		// the new root: the fleet must hold leaves of the old signer before
+		// the new root leaves root-cert.pem.
+		if _, err := e.converge(ctx, st, PhaseTrust, st.cur.RootCert); err != nil {
+			return fmt.Errorf("rollback: proxies still hold certificates from the new intermediate, so the new root cannot be dropped yet: %w", err)
+		}
 		if err := e.rollbackTo(ctx, st, backup, PhaseNone); err != nil {
 			return err
 		}
-	case PhaseNone:
-		e.emit(Event{Kind: EventNote, Cluster: c.Name, Detail: "cacerts still holds the original CA"})
+	default:
+		if err := e.rollbackTo(ctx, st, backup, PhaseNone); err != nil {
+			return err
+		}
+	}
+	// Success is what cacerts holds, read back, not what was meant.
+	got, _, err := st.s.readCACerts(ctx)
+	if err != nil {
+		return err
+	}
+	if !got.Equal(backup) {
+		return fmt.Errorf("rollback did not complete: secret %s/%s is not byte for byte the backup %s (it changed during the rollback?); run meshca status, then meshca rollback again",
+			c.Namespace, CACertsSecret, st.record.BackupSecret)
 	}
 	now := e.opts.Now().UTC()
 	st.record.RolledBack = &now
 	if err := st.s.writeRecord(ctx, st.record); err != nil {
+		return fmt.Errorf("cacerts was restored from secret %s/%s, but the record could not say so: %w; run meshca rollback again to record it", c.Namespace, st.record.BackupSecret, err)
+	}
+	if err := e.forgetNext(ctx, st); err != nil {
 		return err
 	}
 	e.emit(Event{Kind: EventRolledBack, Cluster: c.Name, Object: c.Namespace + "/" + st.record.BackupSecret,
-		Detail: fmt.Sprintf("✓ rolled back to secret %s/%s", c.Namespace, st.record.BackupSecret)})
+		Detail: fmt.Sprintf("✓ rolled back: cacerts equals secret %s/%s byte for byte", c.Namespace, st.record.BackupSecret)})
+	return nil
+}
+
+// forgetNext deletes Secret NextSecret once the rotation no longer needs it
+// (its issue phase proven, or rolled back), saying so.
+func (e *Engine) forgetNext(ctx context.Context, st *state) error {
+	deleted, err := st.s.deleteNext(ctx, st.record.NewSigner)
+	if err != nil {
+		return err
+	}
+	if deleted {
+		e.emit(Event{Kind: EventNote, Cluster: st.c.Name, Object: st.c.Namespace + "/" + NextSecret,
+			Detail: fmt.Sprintf("deleted secret %s/%s: the copy of the new intermediate's key is no longer needed", st.c.Namespace, NextSecret)})
+	}
 	return nil
 }
 
 // rollbackTo writes want, waits for istiod (restarting it when the change is
 // not hot-reloadable), restarts what must be restarted and proves phase p.
+// A write that drops a root is refused while a proxy holds a leaf that
+// would chain only to a dropped root.
 func (e *Engine) rollbackTo(ctx context.Context, st *state, want *bundle.Bundle, p Phase) error {
 	if !want.Equal(st.cur) {
+		if err := e.refuseStranding(ctx, st, want); err != nil {
+			return err
+		}
 		reload, terr := bundle.Transition(st.cur, want, true)
 		var err error
 		if st.rv, err = st.s.writeCACerts(ctx, want, st.rv); err != nil {
@@ -115,62 +159,36 @@ func (e *Engine) rollbackTo(ctx context.Context, st *state, want *bundle.Bundle,
 	return err
 }
 
-// ClusterStatus is where one cluster's rotation stands.
-type ClusterStatus struct {
-	Context      string   `json:"context"`
-	Phase        Phase    `json:"phase"`
-	BackupSecret string   `json:"backupSecret,omitempty"`
-	OldRoots     []string `json:"oldRoots"`
-	NewRoot      string   `json:"newRoot,omitempty"`
-	// CA says what istiod signs with now: "plug-in (secret cacerts)" or
-	// "self-signed (secret istio-ca-secret)".
-	CA string `json:"ca"`
-	// Signer is the fingerprint of the certificate cacerts signs with now.
-	Signer string `json:"signer"`
-	// Roots are the fingerprints in cacerts' root-cert.pem now.
-	Roots []string `json:"roots"`
-	// Record is the rotation record, when a rotation was started.
-	Record *Record `json:"record,omitempty"`
-	// Fleet is the verification against what cacerts holds now.
-	Fleet *verify.Counts `json:"fleet,omitempty"`
-	// FleetByKind breaks Fleet down per kind of proxy.
-	FleetByKind []verify.KindSummary `json:"fleetByKind,omitempty"`
-	// Next says what `meshca rotate` would do next.
-	Next string `json:"next"`
-}
-
-// Status reports each cluster's phase, fingerprints and fleet convergence.
-func (e *Engine) Status(ctx context.Context) ([]ClusterStatus, error) {
-	var out []ClusterStatus
-	for _, c := range e.clusters {
-		st, err := e.load(ctx, c, false)
-		if err != nil {
-			return nil, fmt.Errorf("cluster %s: %w", c.Name, err)
-		}
-		p, err := st.cur.Parse()
-		if err != nil {
-			return nil, err
-		}
-		cs := ClusterStatus{Context: c.Name, Phase: PhaseNone, Signer: pki.Fingerprint(p.Signer), Roots: uniqueFPs(p.Roots), Record: st.record}
-		cs.OldRoots = cs.Roots
-		cs.CA = "plug-in (secret " + CACertsSecret + ")"
-		if st.selfSigned {
-			cs.CA = "self-signed (secret " + mesh.SelfSignedSecret + ")"
-		}
-		if st.record != nil {
-			cs.Phase, cs.BackupSecret, cs.OldRoots, cs.NewRoot = st.phase, st.record.BackupSecret, st.record.OldRoots, st.record.NewRoot
-		}
-		// The fleet against what cacerts holds now, as `meshca verify` checks it.
-		ca, err := mesh.ReadCA(ctx, c.Client, c.Namespace)
-		if err != nil {
-			return nil, err
-		}
-		if rep, err := c.Verifier.Verify(ctx, verify.ExpectationFromCA(ca)); err == nil {
-			cs.Fleet = &rep.Total
-			cs.FleetByKind = rep.Kinds
-		}
-		cs.Next = nextAction(cs.Phase, st.record)
-		out = append(out, cs)
+// refuseStranding refuses to write want when it drops a root that some
+// proxy's leaf needs: every leaf must come from want's signer (which chains
+// to want's roots) before the roots shrink.
+func (e *Engine) refuseStranding(ctx context.Context, st *state, want *bundle.Bundle) error {
+	cp, err := st.cur.Parse()
+	if err != nil {
+		return err
 	}
-	return out, nil
+	wp, err := want.Parse()
+	if err != nil {
+		return err
+	}
+	wantRoots := uniqueFPs(wp.Roots)
+	dropped := false
+	for _, r := range uniqueFPs(cp.Roots) {
+		if !slices.Contains(wantRoots, r) {
+			dropped = true
+		}
+	}
+	if !dropped {
+		return nil
+	}
+	slices.Sort(wantRoots)
+	rep, err := st.c.Verifier.Verify(ctx, verify.Expectation{Source: "the bundle the rollback would write", Roots: wantRoots, Signer: pki.Fingerprint(wp.Signer), AllowExtraRoots: true})
+	if err != nil {
+		return err
+	}
+	if !rep.OK() {
+		return fmt.Errorf("refusing to write the backup to secret %s/%s: it drops the new root, which these proxies still need (their leaves are not from the old signer): %s; nothing was written — wait for them to renew (or restart them) and run meshca rollback again",
+			st.c.Namespace, CACertsSecret, lagging(rep))
+	}
+	return nil
 }

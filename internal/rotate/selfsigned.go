@@ -5,7 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"maps"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -116,36 +116,50 @@ func (s store) deleteCACerts(ctx context.Context, rv string) error {
 }
 
 // backupSelfSigned copies istio-ca-secret byte for byte into a backup
-// Secret (content-addressed name, like the backups of cacerts) and reads it
-// back to prove the copy.
-func (s store) backupSelfSigned(ctx context.Context) (string, error) {
+// Secret named and labelled like the backups of cacerts (rotation id: start
+// time and content hash; label meshca.io/backup-of=istio-ca-secret), reusing
+// the backup a crashed start left, and reads it back to prove the copy. It
+// returns the Secret's name and the rotation id.
+func (s store) backupSelfSigned(ctx context.Context, last *Record, now time.Time) (name, id string, err error) {
 	secrets := s.client.CoreV1().Secrets(s.namespace)
 	src, err := secrets.Get(ctx, mesh.SelfSignedSecret, metav1.GetOptions{})
 	if err != nil {
-		return "", fmt.Errorf("read secret %s/%s: %w", s.namespace, mesh.SelfSignedSecret, err)
+		return "", "", fmt.Errorf("read secret %s/%s: %w", s.namespace, mesh.SelfSignedSecret, err)
 	}
-	name := selfSignedBackupPrefix + strings.TrimPrefix(backupName(src.Data), BackupPrefix)
-	_, err = secrets.Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.namespace, Labels: map[string]string{LabelManagedBy: managedBy, "meshca.io/backup-of": mesh.SelfSignedSecret}},
-		Type:       src.Type,
-		Data:       src.Data,
-	}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return "", fmt.Errorf("create backup secret %s/%s: %w", s.namespace, name, err)
+	hash := contentHash(src.Data)
+	existing, err := secrets.List(ctx, metav1.ListOptions{LabelSelector: labelBackupOf + "=" + mesh.SelfSignedSecret + "," + labelContentHash + "=" + hash})
+	if err != nil {
+		return "", "", fmt.Errorf("list backup secrets in %s: %w", s.namespace, err)
+	}
+	for _, sec := range existing.Items {
+		if sec.Labels[labelRotationID] != "" && (last == nil || last.BackupSecret != sec.Name) {
+			name = sec.Name
+			break
+		}
+	}
+	if name == "" {
+		id := rotationID(now, hash)
+		name = selfSignedBackupPrefix + id
+		_, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.namespace,
+				Labels:      map[string]string{LabelManagedBy: managedBy, labelBackupOf: mesh.SelfSignedSecret, labelContentHash: hash, labelRotationID: id},
+				Annotations: map[string]string{annotationBackupTaken: now.UTC().Format(time.RFC3339)},
+			},
+			Type: src.Type,
+			Data: src.Data,
+		}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return "", "", fmt.Errorf("create backup secret %s/%s: %w", s.namespace, name, err)
+		}
 	}
 	got, err := secrets.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return "", fmt.Errorf("read back backup secret %s/%s: %w", s.namespace, name, err)
+		return "", "", fmt.Errorf("read back backup secret %s/%s: %w", s.namespace, name, err)
 	}
-	if len(got.Data) != len(src.Data) {
-		return "", fmt.Errorf("backup secret %s/%s does not equal %s byte for byte: refusing to continue (delete it and run again)", s.namespace, name, mesh.SelfSignedSecret)
+	if !maps.EqualFunc(got.Data, src.Data, bytes.Equal) {
+		return "", "", fmt.Errorf("backup secret %s/%s does not equal %s byte for byte: refusing to continue (delete it and run again)", s.namespace, name, mesh.SelfSignedSecret)
 	}
-	for k, v := range src.Data {
-		if !bytes.Equal(got.Data[k], v) {
-			return "", fmt.Errorf("backup secret %s/%s does not equal %s byte for byte (key %s): refusing to continue (delete it and run again)", s.namespace, name, mesh.SelfSignedSecret, k)
-		}
-	}
-	return name, nil
+	return name, got.Labels[labelRotationID], nil
 }
 
 // leftoverSelfSigned refuses to start a rotation of cacerts while
@@ -212,12 +226,19 @@ func (e *Engine) rollbackMigration(ctx context.Context, st *state) error {
 	case PhaseRetire, PhaseComplete:
 		return fmt.Errorf("refusing to roll back: the self-signed root is retired and every proxy trusts only the new root %.12s; returning to %s would make them reject every certificate istiod issues. Stay on cacerts, or rotate to another plug-in CA with meshca rotate",
 			st.record.NewRoot, mesh.SelfSignedSecret)
+	case PhaseRolledBack:
+		e.emit(Event{Kind: EventNote, Cluster: c.Name, Detail: "already rolled back: istiod signs with its self-signed CA (secret " + mesh.SelfSignedSecret + ")"})
+		return e.forgetNext(ctx, st)
 	case PhaseIssue:
 		self, err := st.s.readSelfSigned(ctx)
 		if err != nil {
 			return err
 		}
-		back, err := bundle.Build(bundle.PhaseTrust, self, st.next, e.opts.Now())
+		next, err := st.pending()
+		if err != nil {
+			return err
+		}
+		back, err := bundle.Build(bundle.PhaseTrust, self, next, e.opts.Now())
 		if err != nil {
 			return err
 		}
@@ -234,6 +255,11 @@ func (e *Engine) rollbackMigration(ctx context.Context, st *state) error {
 			return err
 		}
 		if !st.selfSigned {
+			// As in a rollback of a rotation: no proxy may keep a leaf of
+			// the new intermediate once the new root is no longer trusted.
+			if _, err := e.converge(ctx, st, PhaseTrust, st.cur.RootCert); err != nil {
+				return fmt.Errorf("rollback: proxies still hold certificates from the new intermediate, so the new root cannot be dropped yet: %w", err)
+			}
 			if err := st.s.deleteCACerts(ctx, st.rv); err != nil {
 				return err
 			}
@@ -257,6 +283,9 @@ func (e *Engine) rollbackMigration(ctx context.Context, st *state) error {
 	now := e.opts.Now().UTC()
 	st.record.RolledBack = &now
 	if err := st.s.writeRecord(ctx, st.record); err != nil {
+		return err
+	}
+	if err := e.forgetNext(ctx, st); err != nil {
 		return err
 	}
 	e.emit(Event{Kind: EventRolledBack, Cluster: c.Name, Object: c.Namespace + "/" + mesh.SelfSignedSecret,

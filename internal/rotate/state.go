@@ -15,6 +15,7 @@
 package rotate
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -31,6 +32,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/internal/bundle"
+	"github.com/meshca/meshca/internal/pki"
 )
 
 // Names of the objects meshca keeps next to cacerts.
@@ -41,13 +43,18 @@ const (
 	RecordKey  = "state.json"
 	NextSecret = "meshca-rotation-next"
 	recordKey  = RecordKey
-	// BackupPrefix starts the name of backup Secrets; the rest is the start
-	// of the SHA-256 of the backed-up data, so the name is the same on a
-	// re-run and a backup is never duplicated.
+	// BackupPrefix starts the name of backup Secrets; the rest is the
+	// rotation id (start time and content hash, see rotationID).
 	BackupPrefix = "cacerts-backup-"
 	// LabelManagedBy marks every object meshca creates.
 	LabelManagedBy = "app.kubernetes.io/managed-by"
 	managedBy      = "meshca"
+	// Labels and annotation of backup Secrets: what they back up, the hash
+	// of the backed-up bytes, the rotation they belong to, when taken.
+	labelBackupOf         = "meshca.io/backup-of"
+	labelContentHash      = "meshca.io/content-sha256"
+	labelRotationID       = "meshca.io/rotation-id"
+	annotationBackupTaken = "meshca.io/taken"
 )
 
 // Phase is where a cluster's rotation stands, derived from cacerts.
@@ -80,6 +87,10 @@ type Transition struct {
 // Record is the rotation's record, kept in ConfigMap meshca-rotation for
 // humans and for `meshca status`. It holds fingerprints only, never keys.
 type Record struct {
+	// ID names the rotation (start time and hash of the backed-up bytes);
+	// its backup Secret is BackupPrefix + ID. Empty in records written
+	// before meshca named rotations.
+	ID string `json:"id,omitempty"`
 	// Strategy is phased or one-step.
 	Strategy string `json:"strategy"`
 	// OldRoots and OldSigner are the fingerprints of the CA being replaced.
@@ -154,6 +165,16 @@ func (r *Record) finished() bool {
 	return r.proven(PhaseRetire)
 }
 
+// written reports whether phase p's bundle was written.
+func (r *Record) written(p Phase) bool {
+	for _, t := range r.Transitions {
+		if t.Phase == p && t.Written != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // proven reports whether phase p was proven on the fleet.
 func (r *Record) proven(p Phase) bool {
 	for _, t := range r.Transitions {
@@ -213,8 +234,9 @@ func (s store) writeCACerts(ctx context.Context, b *bundle.Bundle, rv string) (s
 	return updated.ResourceVersion, nil
 }
 
-// backupName is the content-addressed name of the backup of data.
-func backupName(data map[string][]byte) string {
+// contentHash is the start of the SHA-256 of a Secret's data (keys sorted),
+// the label that finds a backup of the same bytes.
+func contentHash(data map[string][]byte) string {
 	h := sha256.New()
 	keys := make([]string, 0, len(data))
 	for k := range data {
@@ -225,32 +247,60 @@ func backupName(data map[string][]byte) string {
 		_, _ = fmt.Fprintf(h, "%s\x00%d\x00", k, len(data[k]))
 		h.Write(data[k])
 	}
-	return BackupPrefix + hex.EncodeToString(h.Sum(nil))[:10]
+	return hex.EncodeToString(h.Sum(nil))[:10]
 }
 
-// backup copies cur into a backup Secret and reads it back to prove the copy
-// is byte-for-byte equal before anything else changes.
-func (s store) backup(ctx context.Context, cur *bundle.Bundle) (string, error) {
+// rotationID names a rotation: its start time (UTC, to the second) and the
+// content hash of the cacerts it starts from. Two rotations from the same
+// bytes get different ids; the backup Secret is named after it.
+func rotationID(started time.Time, hash string) string {
+	return started.UTC().Format("20060102-150405") + "-" + hash
+}
+
+// backup copies cur into the backup Secret of a rotation starting at now
+// and reads it back to prove the copy is byte-for-byte equal before
+// anything else changes. A backup of the same bytes left by a start that
+// crashed before its record was written (not the backup of the last
+// recorded rotation) is reused, so a re-run does not pile up keys. It
+// returns the Secret's name and the rotation id.
+func (s store) backup(ctx context.Context, cur *bundle.Bundle, last *Record, now time.Time) (name, id string, err error) {
 	data := cur.SecretData()
-	name := backupName(data)
+	hash := contentHash(data)
 	secrets := s.client.CoreV1().Secrets(s.namespace)
-	_, err := secrets.Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.namespace, Labels: map[string]string{LabelManagedBy: managedBy, "meshca.io/backup-of": CACertsSecret}},
-		Type:       corev1.SecretTypeOpaque,
-		Data:       data,
-	}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return "", fmt.Errorf("create backup secret %s/%s: %w", s.namespace, name, err)
+	existing, err := secrets.List(ctx, metav1.ListOptions{LabelSelector: labelBackupOf + "=" + CACertsSecret + "," + labelContentHash + "=" + hash})
+	if err != nil {
+		return "", "", fmt.Errorf("list backup secrets in %s: %w", s.namespace, err)
+	}
+	for _, sec := range existing.Items {
+		if id := sec.Labels[labelRotationID]; id != "" && (last == nil || last.BackupSecret != sec.Name) {
+			name = sec.Name
+			break
+		}
+	}
+	if name == "" {
+		id := rotationID(now, hash)
+		name = BackupPrefix + id
+		_, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.namespace,
+				Labels:      map[string]string{LabelManagedBy: managedBy, labelBackupOf: CACertsSecret, labelContentHash: hash, labelRotationID: id},
+				Annotations: map[string]string{annotationBackupTaken: now.UTC().Format(time.RFC3339)},
+			},
+			Type: corev1.SecretTypeOpaque,
+			Data: data,
+		}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return "", "", fmt.Errorf("create backup secret %s/%s: %w", s.namespace, name, err)
+		}
 	}
 	got, err := secrets.Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
-		return "", fmt.Errorf("read back backup secret %s/%s: %w", s.namespace, name, err)
+		return "", "", fmt.Errorf("read back backup secret %s/%s: %w", s.namespace, name, err)
 	}
 	back, err := bundle.FromSecretData("secret "+s.namespace+"/"+name, got.Data)
 	if err != nil || !back.Equal(cur) {
-		return "", fmt.Errorf("backup secret %s/%s does not equal cacerts byte for byte: refusing to continue (delete it and run again)", s.namespace, name)
+		return "", "", fmt.Errorf("backup secret %s/%s does not equal cacerts byte for byte: refusing to continue (delete it and run again)", s.namespace, name)
 	}
-	return name, nil
+	return name, got.Labels[labelRotationID], nil
 }
 
 // readBackup returns the backed-up bundle.
@@ -262,34 +312,106 @@ func (s store) readBackup(ctx context.Context, name string) (*bundle.Bundle, err
 	return bundle.FromSecretData("secret "+s.namespace+"/"+name, sec.Data)
 }
 
-// readNext returns the pending new bundle, or nil when there is none.
-func (s store) readNext(ctx context.Context) (*bundle.Bundle, error) {
+// readNext returns the pending new bundle and its Secret's resourceVersion,
+// or nil and "" when there is none.
+func (s store) readNext(ctx context.Context) (*bundle.Bundle, string, error) {
 	sec, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, NextSecret, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, nil
+		return nil, "", nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read secret %s/%s: %w", s.namespace, NextSecret, err)
+		return nil, "", fmt.Errorf("read secret %s/%s: %w", s.namespace, NextSecret, err)
 	}
-	return bundle.FromSecretData("secret "+s.namespace+"/"+NextSecret, sec.Data)
+	b, err := bundle.FromSecretData("secret "+s.namespace+"/"+NextSecret, sec.Data)
+	return b, sec.ResourceVersion, err
 }
 
-// writeNext stores the pending new bundle.
-func (s store) writeNext(ctx context.Context, b *bundle.Bundle) error {
+// writeNext stores the pending new bundle, guarded like cacerts: created
+// only when absent (rv ""), otherwise updated only if the Secret is still at
+// resourceVersion rv, so a run never replaces a pending intermediate it did
+// not read.
+func (s store) writeNext(ctx context.Context, b *bundle.Bundle, rv string) error {
 	secrets := s.client.CoreV1().Secrets(s.namespace)
 	sec := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: NextSecret, Namespace: s.namespace, Labels: map[string]string{LabelManagedBy: managedBy}},
+		ObjectMeta: metav1.ObjectMeta{Name: NextSecret, Namespace: s.namespace, Labels: map[string]string{LabelManagedBy: managedBy}, ResourceVersion: rv},
 		Type:       corev1.SecretTypeOpaque,
 		Data:       b.SecretData(),
 	}
-	_, err := secrets.Create(ctx, sec, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
+	var err error
+	if rv == "" {
+		_, err = secrets.Create(ctx, sec, metav1.CreateOptions{})
+	} else {
 		_, err = secrets.Update(ctx, sec, metav1.UpdateOptions{})
+	}
+	if apierrors.IsAlreadyExists(err) || apierrors.IsConflict(err) {
+		return fmt.Errorf("%w (secret %s/%s changed since it was read): nothing was overwritten; run meshca status to see who rotates, then run meshca rotate again", ErrConcurrentEdit, s.namespace, NextSecret)
 	}
 	if err != nil {
 		return fmt.Errorf("write secret %s/%s: %w", s.namespace, NextSecret, err)
 	}
 	return nil
+}
+
+// deleteNext deletes the pending bundle once nothing needs it (its phase is
+// proven, or the rotation was rolled back): it holds a copy of a CA private
+// key, and a key kept where it is not needed is a key that can leak. Only a
+// Secret holding signer is deleted (with its resourceVersion as
+// precondition): a pending bundle of another rotation is left alone. It
+// reports whether a Secret was deleted.
+func (s store) deleteNext(ctx context.Context, signer string) (bool, error) {
+	secrets := s.client.CoreV1().Secrets(s.namespace)
+	sec, err := secrets.Get(ctx, NextSecret, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read secret %s/%s: %w", s.namespace, NextSecret, err)
+	}
+	b, err := bundle.FromSecretData("secret "+s.namespace+"/"+NextSecret, sec.Data)
+	if err != nil {
+		return false, err
+	}
+	p, err := b.Parse()
+	if err != nil || pki.Fingerprint(p.Signer) != signer {
+		return false, nil
+	}
+	err = secrets.Delete(ctx, NextSecret, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &sec.ResourceVersion}})
+	if apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("delete secret %s/%s: %w", s.namespace, NextSecret, err)
+	}
+	return true, nil
+}
+
+// pendingFromCACerts rebuilds the pending bundle of rotation r from cacerts
+// once cacerts signs with the new intermediate (so Secret NextSecret, a
+// second copy of that key, is no longer kept): the signer, key and chain of
+// cacerts, and the new root's exact bytes from its root-cert.pem.
+func pendingFromCACerts(cur *bundle.Bundle, r *Record) (*bundle.Bundle, error) {
+	roots, err := cur.ParseRoots()
+	if err != nil {
+		return nil, err
+	}
+	blocks, err := pki.DecodeBlocks(cur.Source, cur.RootCert)
+	if err != nil {
+		return nil, err
+	}
+	for _, root := range roots {
+		if pki.Fingerprint(root) != r.NewRoot {
+			continue
+		}
+		for _, b := range blocks {
+			if bytes.Equal(b.Bytes, root.Raw) {
+				next := cur.Clone()
+				next.RootCert = bytes.Clone(cur.RootCert[b.Start:b.End])
+				next.Source = "the new CA as cacerts holds it"
+				return next, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("secret %s: root-cert.pem does not hold the new root %.12s recorded in configmap %s", CACertsSecret, r.NewRoot, RecordName)
 }
 
 // readRecord returns the rotation record, or nil when there is none.

@@ -11,6 +11,8 @@ type Summary struct {
 	Restarts []Restart `json:"restarts"`
 	// NothingToDo lists the phases an intermediate-only rotation skipped.
 	NothingToDo []Step `json:"nothingToDo,omitempty"`
+	// Written lists the cacerts writes of the run: "cluster X: phase P".
+	Written []string `json:"written,omitempty"`
 }
 
 // Step is one timed step of a run.
@@ -38,6 +40,8 @@ type Restart struct {
 // Add folds one event into the summary.
 func (s *Summary) Add(ev Event) {
 	switch ev.Kind {
+	case EventPhaseWritten:
+		s.Written = append(s.Written, "cluster "+ev.Cluster+": phase "+string(ev.Phase))
 	case EventPhaseProven:
 		s.Steps = append(s.Steps, Step{Cluster: ev.Cluster, Phase: ev.Phase, Action: "phase " + string(ev.Phase),
 			Duration: seconds(ev.Duration), Waiting: seconds(ev.Waiting)})

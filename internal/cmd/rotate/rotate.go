@@ -72,7 +72,7 @@ func clusters(env *cli.Env, dirs map[string]*bundle.Bundle) ([]*rotate.Cluster, 
 
 type rotateOptions struct {
 	root, caDir, until, strategy, keyType, pace, output string
-	acceptDowntime, plan, yes, force                    bool
+	acceptDowntime, plan, yes, force, breakLock         bool
 	intermediateDays                                    int
 	reloadTimeout, rolloutTimeout                       time.Duration
 	verifyTimeout                                       time.Duration
@@ -171,6 +171,7 @@ fleet that did not converge (the lagging proxies are named); 2 usage error.`,
 	f.BoolVar(&o.plan, "dry-run", false, "same as --plan")
 	f.BoolVar(&o.yes, "yes", false, "do not ask for confirmation")
 	f.BoolVar(&o.force, "force", false, "retire the old root even while proxies still hold certificates from the old CA (their mTLS breaks)")
+	f.BoolVar(&o.breakLock, "break-lock", false, breakLockHelp)
 	f.StringVar(&o.keyType, "key-type", string(pki.RSA4096), "key type of the intermediates meshca issues")
 	f.IntVar(&o.intermediateDays, "intermediate-days", pki.DefaultIntermediateDays, "validity of the intermediates meshca issues (clamped to the root's)")
 	f.DurationVar(&o.reloadTimeout, "reload-timeout", 3*time.Minute, "how long to wait for istiod to hot-reload cacerts before restarting it")
@@ -212,7 +213,7 @@ func (o *rotateOptions) run(ctx context.Context, env *cli.Env) error {
 		return cli.Usage("--strategy %q: use phased or one-step", o.strategy)
 	}
 	opts := rotate.Options{
-		Until: until, Pace: pace, OneStep: o.strategy == "one-step", Force: o.force, KeyType: kt, IntermediateDays: o.intermediateDays,
+		Until: until, Pace: pace, OneStep: o.strategy == "one-step", Force: o.force, BreakLock: o.breakLock, KeyType: kt, IntermediateDays: o.intermediateDays,
 		ReloadTimeout: o.reloadTimeout, RolloutTimeout: o.rolloutTimeout, VerifyTimeout: o.verifyTimeout,
 		Now: env.Now,
 	}

@@ -17,7 +17,6 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/internal/cli"
@@ -272,11 +271,7 @@ func (o *options) expectation(ctx context.Context, cs kubernetes.Interface, name
 // leaves cannot be known from public objects, so it is not checked, and
 // the command says so.
 func (o *options) publicExpectation(ctx context.Context, cs kubernetes.Interface, namespace string, forbidden error) (fleet.Expectation, error) {
-	cm, err := cs.CoreV1().ConfigMaps(namespace).Get(ctx, proxy.RootConfigMapName, metav1.GetOptions{})
-	if err != nil {
-		return fleet.Expectation{}, errors.Join(forbidden, fmt.Errorf("read configmap %s/%s: %w", namespace, proxy.RootConfigMapName, err))
-	}
-	root, err := proxy.ReadRootConfigMap(cm)
+	root, err := mesh.ReadPublicRoots(ctx, cs, namespace)
 	if err != nil {
 		return fleet.Expectation{}, errors.Join(forbidden, err)
 	}
