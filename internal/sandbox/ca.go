@@ -68,15 +68,8 @@ func generateExpiringCA(o *Options, names []string, now time.Time) (map[string]*
 		if sub == "" {
 			sub = "sandbox"
 		}
-		inter, err := pki.NewIntermediate(root, pki.IntermediateOptions{Cluster: sub, KeyType: o.KeyType, Lifetime: o.CALifetime, Now: now})
+		b, err := writeIntermediate(caDir, root, pki.IntermediateOptions{Cluster: sub, KeyType: o.KeyType, Lifetime: o.CALifetime, Now: now})
 		if err != nil {
-			return nil, err
-		}
-		b, err := bundle.FromCA(root, inter)
-		if err != nil {
-			return nil, err
-		}
-		if err := b.Write(filepath.Join(caDir, sub), true); err != nil {
 			return nil, err
 		}
 		out[name] = b

@@ -254,18 +254,28 @@ func generateCA(dir string, kt pki.KeyType, subject *pki.RootOptions, names []st
 				return nil, err
 			}
 		}
-		inter, err := pki.NewIntermediate(root, pki.IntermediateOptions{Cluster: sub, KeyType: kt})
+		b, err := writeIntermediate(caDir, root, pki.IntermediateOptions{Cluster: sub, KeyType: kt})
 		if err != nil {
-			return nil, err
-		}
-		b, err := bundle.FromCA(root, inter)
-		if err != nil {
-			return nil, err
-		}
-		if err := b.Write(filepath.Join(caDir, sub), true); err != nil {
 			return nil, err
 		}
 		out[name] = b
 	}
 	return out, nil
+}
+
+// writeIntermediate issues an intermediate under root and keeps its bundle
+// in caDir/<cluster>.
+func writeIntermediate(caDir string, root *pki.CA, o pki.IntermediateOptions) (*bundle.Bundle, error) {
+	inter, err := pki.NewIntermediate(root, o)
+	if err != nil {
+		return nil, err
+	}
+	b, err := bundle.FromCA(root, inter)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Write(filepath.Join(caDir, o.Cluster), true); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
