@@ -114,7 +114,7 @@ phases (trust, issue, retire), and works offline on CA material too.
 	env.Kube.AddFlags(root.PersistentFlags())
 	root.PersistentFlags().StringArrayVar(&env.Contexts, "context", nil, "the name of the kubeconfig context to use; rotate, status and rollback take it once per cluster of a multi-cluster mesh")
 
-	root.AddCommand(newVersionCmd(env), ca.NewCmd(env), checkcmd.NewCmd(env), ztunnel.NewCmd(env), proxy.NewCmd(env), verify.NewCmd(env), sandboxcmd.NewCmd(env), rotatecmd.NewCmd(env), rotatecmd.NewStatusCmd(env), rotatecmd.NewRollbackCmd(env), rotatecmd.NewBackupsCmd(env), rotatecmd.NewReportCmd(env), exportercmd.NewCmd(env))
+	root.AddCommand(newVersionCmd(env), ca.NewCmd(env), checkcmd.NewCmd(env), ztunnel.NewCmd(env), proxy.NewCmd(env), verify.NewCmd(env), sandboxcmd.NewCmd(env), rotatecmd.NewCmd(env), rotatecmd.NewStatusCmd(env), rotatecmd.NewRollbackCmd(env), rotatecmd.NewBackupsCmd(env), rotatecmd.NewRecoverCmd(env), rotatecmd.NewReportCmd(env), exportercmd.NewCmd(env))
 	return root
 }
 

@@ -39,16 +39,22 @@ type RootOptions struct {
 	CommonName   string // default: "Root CA <date> <key id>", distinct per generation
 	Organization string
 	Days         int
-	Now          time.Time
+	// Lifetime, when set, replaces Days: the root expires Lifetime after
+	// Now (short-lived CAs for expiry drills such as the sandbox's
+	// --ca expiring).
+	Lifetime time.Duration
+	Now      time.Time
 }
 
 // IntermediateOptions configures NewIntermediate.
 type IntermediateOptions struct {
-	Cluster        string // required; becomes L=<cluster>
-	KeyType        KeyType
-	CommonName     string // default: "Intermediate CA <cluster> <date> <key id>"
-	Organization   string
-	Days           int // clamped so the intermediate never outlives its root
+	Cluster      string // required; becomes L=<cluster>
+	KeyType      KeyType
+	CommonName   string // default: "Intermediate CA <cluster> <date> <key id>"
+	Organization string
+	Days         int // clamped so the intermediate never outlives its root
+	// Lifetime, when set, replaces Days (still clamped to the root).
+	Lifetime       time.Duration
 	IstioNamespace string
 	// TrustDomain, when set, adds the URI SAN spiffe://<td>/ns/<ns>/sa/istiod
 	// naming the istiod that holds this signing CA.
@@ -73,7 +79,7 @@ func NewRoot(opts RootOptions) (*CA, error) {
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{Organization: []string{opts.Organization}, CommonName: cn},
 		NotBefore:             opts.Now.Add(-backdate),
-		NotAfter:              opts.Now.Add(days(opts.Days)),
+		NotAfter:              opts.Now.Add(lifetime(opts.Days, opts.Lifetime)),
 		KeyUsage:              caKeyUsage,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
@@ -112,7 +118,7 @@ func NewIntermediate(root *CA, opts IntermediateOptions) (*CA, error) {
 	if cn == "" {
 		cn = fmt.Sprintf("Intermediate CA %s %s %s", opts.Cluster, opts.Now.UTC().Format("2006-01-02"), keyID(key.Public()))
 	}
-	notAfter := opts.Now.Add(days(opts.Days))
+	notAfter := opts.Now.Add(lifetime(opts.Days, opts.Lifetime))
 	if notAfter.After(root.Cert.NotAfter) {
 		notAfter = root.Cert.NotAfter
 	}
@@ -165,6 +171,14 @@ func defaults(kt *KeyType, org *string, d *int, defDays int, now *time.Time) err
 }
 
 func days(n int) time.Duration { return time.Duration(n) * 24 * time.Hour }
+
+// lifetime is l when set, else n days.
+func lifetime(n int, l time.Duration) time.Duration {
+	if l > 0 {
+		return l
+	}
+	return days(n)
+}
 
 // sign issues tmpl with parent (nil: self-signed) and wraps the result.
 func sign(tmpl *x509.Certificate, parent *CA, key crypto.Signer) (*CA, error) {

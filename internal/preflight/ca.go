@@ -27,6 +27,9 @@ const (
 	CheckCACertsComplete = "cacerts complete"
 	CheckCACertsValid    = "cacerts valid"
 	CheckRootConfigMaps  = "istio-ca-root-cert matches the CA"
+	// CheckCAInUse says which Secret istiod serves from when cacerts and
+	// istio-ca-secret both exist.
+	CheckCAInUse = "CA in use"
 )
 
 // Keys of the alternative cacerts layout.
@@ -67,6 +70,11 @@ func readCA(ctx context.Context, cs kubernetes.Interface, namespace string, now 
 
 	src := "secret " + namespace + "/" + mesh.CACertsSecret
 	add(Check{Name: CheckCAMode, Status: StatusOK, Message: "plug-in CA: " + src})
+	if c, err := servingCheck(ctx, cs, namespace, cacerts); err != nil {
+		return nil, err
+	} else if c != nil {
+		add(*c)
+	}
 	complete := Check{Name: CheckCACertsComplete, Status: StatusOK}
 	var missing []string
 	for _, f := range bundle.Files {
@@ -168,15 +176,11 @@ func selfSigned(ctx context.Context, cs kubernetes.Interface, namespace string, 
 			Hint:    "pass -n with the Istio namespace; istiod creates istio-ca-secret when it starts without cacerts"})
 		return nil
 	}
-	c := Check{Name: CheckCAMode, Status: StatusError,
-		Message: fmt.Sprintf("self-signed CA: istiod signs with secret %s/%s and there is no %s. A rotation means switching to a plug-in CA, which istiod does not hot-reload: it must be restarted (istio#57853)",
+	// A migration, not a refusal: meshca rotate creates cacerts keeping
+	// the self-signed CA as signer and restarts istiod once.
+	c := Check{Name: CheckCAMode, Status: StatusOK,
+		Message: fmt.Sprintf("self-signed CA: istiod signs with secret %s/%s and there is no %s; meshca rotate --root DIR migrates it to a plug-in CA in phases, restarting istiod once since it does not hot-reload that switch (istio#57853)",
 			namespace, mesh.SelfSignedSecret, mesh.CACertsSecret),
-		Hint: fmt.Sprintf(`switch to a plug-in CA that keeps the current signer, restart istiod, then rotate:
-  kubectl -n %[1]s get secret %[2]s -o jsonpath='{.data.ca-cert\.pem}' | base64 -d > ca-cert.pem
-  kubectl -n %[1]s get secret %[2]s -o jsonpath='{.data.ca-key\.pem}' | base64 -d > ca-key.pem
-  kubectl -n %[1]s create secret generic cacerts --from-file=ca-cert.pem --from-file=ca-key.pem --from-file=cert-chain.pem=ca-cert.pem --from-file=root-cert.pem=ca-cert.pem
-  kubectl -n %[1]s rollout restart deployment/istiod
-  meshca check && meshca rotate --root DIR`, namespace, mesh.SelfSignedSecret),
 	}
 	add(c)
 	ca, err := mesh.ParseCA(s)
@@ -186,6 +190,38 @@ func selfSigned(ctx context.Context, cs kubernetes.Interface, namespace string, 
 	}
 	res.ca = ca
 	return nil
+}
+
+// servingCheck says, when istio-ca-secret exists next to cacerts, which of
+// the two istiod serves from (nil when there is no istio-ca-secret).
+func servingCheck(ctx context.Context, cs kubernetes.Interface, namespace string, cacerts *corev1.Secret) (*Check, error) {
+	s, err := getSecret(ctx, cs, namespace, mesh.SelfSignedSecret)
+	if err != nil || s == nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, nil
+	}
+	self, err := mesh.ParseCA(s)
+	if err != nil {
+		return &Check{Name: CheckCAInUse, Status: StatusWarning, Message: fmt.Sprintf("secret %s/%s exists next to %s but cannot be read: %v", namespace, mesh.SelfSignedSecret, mesh.CACertsSecret, err)}, nil
+	}
+	c := &Check{Name: CheckCAInUse}
+	switch mesh.ServingCA(ctx, cs, namespace, cacerts.Data[bundle.RootCertFile], self.RootPEM) {
+	case mesh.SelfSignedSecret:
+		c.Status = StatusError
+		c.Message = fmt.Sprintf("istiod serves from %[2]s, not %[3]s (istio-ca-root-cert carries the self-signed root): %[3]s was created without restarting istiod, which does not hot-reload that switch (istio#57853)", namespace, mesh.SelfSignedSecret, mesh.CACertsSecret)
+		c.Hint = fmt.Sprintf("delete %[2]s and let meshca migrate in phases (kubectl -n %[1]s delete secret %[2]s && meshca rotate --root DIR), or restart istiod to load it (kubectl -n %[1]s rollout restart deployment/istiod)", namespace, mesh.CACertsSecret)
+	case mesh.CACertsSecret:
+		c.Status = StatusWarning
+		c.Message = fmt.Sprintf("istiod serves from %[2]s; %[3]s is unused, but istiod falls back to it whenever %[2]s is missing at start", namespace, mesh.CACertsSecret, mesh.SelfSignedSecret)
+		c.Hint = fmt.Sprintf("unless a meshca migration left it (it keeps it as a backup), back it up and delete it: kubectl -n %[1]s get secret %[2]s -o yaml > %[2]s.yaml && kubectl -n %[1]s delete secret %[2]s", namespace, mesh.SelfSignedSecret)
+	default:
+		c.Status = StatusWarning
+		c.Message = fmt.Sprintf("%s and %s both exist and istio-ca-root-cert in %s matches neither: which one istiod serves from is unknown", mesh.CACertsSecret, mesh.SelfSignedSecret, namespace)
+		c.Hint = "check istiod's log, restart istiod so that it loads cacerts, and remove the Secret it does not use"
+	}
+	return c, nil
 }
 
 // getSecret returns nil, nil when the Secret does not exist.

@@ -355,7 +355,7 @@ func TestFindings(t *testing.T) {
 				"uses the tls.crt/tls.key/ca.crt layout", "ca-key.pem = tls.key",
 			}},
 		},
-		"the self-signed istio-ca-secret needs an istiod restart to switch": {
+		"the self-signed istio-ca-secret is migrated with one istiod restart": {
 			change: func(_ *testing.T, w *world) {
 				w.cacerts = nil
 				w.selfSigned = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "istio-system", Name: mesh.SelfSignedSecret},
@@ -364,12 +364,13 @@ func TestFindings(t *testing.T) {
 					cm.Data["root-cert.pem"] = string(pki.EncodeCert(w.root.Cert))
 				}
 			},
-			want: map[string]Status{"ca/" + CheckCAMode: StatusError, "ca-expiry/root <root>": StatusOK, "root-configmaps/" + CheckRootConfigMaps: StatusOK},
+			want: map[string]Status{"ca/" + CheckCAMode: StatusOK, "ca-expiry/root <root>": StatusOK, "root-configmaps/" + CheckRootConfigMaps: StatusOK},
 			contains: map[string][]string{"ca/" + CheckCAMode: {
 				"self-signed CA: istiod signs with secret istio-system/istio-ca-secret",
-				"it must be restarted (istio#57853)",
-				"kubectl -n istio-system rollout restart deployment/istiod",
+				"meshca rotate --root DIR migrates it to a plug-in CA in phases",
+				"(istio#57853)",
 			}},
+			ready: true,
 		},
 		"no CA secret at all is an error": {
 			change: func(_ *testing.T, w *world) { w.cacerts = nil },

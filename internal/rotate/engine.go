@@ -3,6 +3,7 @@ package rotate
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/kube"
+	"github.com/meshca/meshca/internal/mesh"
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/preflight"
 	"github.com/meshca/meshca/internal/verify"
@@ -155,6 +157,9 @@ type state struct {
 	// prevRecordRV is the resourceVersion of a record that a new rotation
 	// replaces.
 	prevRecordRV string
+	// selfSigned is set when there is no cacerts and cur was read from
+	// istiod's istio-ca-secret (a migration, or one rolled back).
+	selfSigned bool
 }
 
 // load reads a cluster's rotation state. With create, a run that must start
@@ -164,7 +169,15 @@ func (e *Engine) load(ctx context.Context, c *Cluster, create bool) (*state, err
 	st := &state{c: c, s: store{client: c.Client, namespace: c.Namespace}}
 	var err error
 	if st.cur, st.rv, err = st.s.readCACerts(ctx); err != nil {
-		return nil, err
+		if !errors.Is(err, errSelfSigned) {
+			return nil, err
+		}
+		// A migration from istiod's self-signed CA: its old CA is
+		// istio-ca-secret, as the bundle that keeps it signing.
+		if st.cur, err = st.s.readSelfSigned(ctx); err != nil {
+			return nil, err
+		}
+		st.selfSigned = true
 	}
 	if st.held, err = e.holdingOf(st.cur); err != nil {
 		return nil, err
@@ -384,12 +397,18 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 	if err != nil {
 		return err
 	}
-	name, id, err := st.s.backup(ctx, st.cur, last, now)
+	from, backup := CACertsSecret, st.s.backup
+	if st.selfSigned {
+		from, backup = mesh.SelfSignedSecret, func(ctx context.Context, _ *bundle.Bundle, last *Record, now time.Time) (string, string, error) {
+			return st.s.backupSelfSigned(ctx, last, now)
+		}
+	}
+	name, id, err := backup(ctx, st.cur, last, now)
 	if err != nil {
 		return err
 	}
 	e.emit(Event{Kind: EventBackup, Cluster: st.c.Name, Object: st.c.Namespace + "/" + name,
-		Detail: fmt.Sprintf("backed up cacerts to secret %s/%s (verified byte for byte)", st.c.Namespace, name)})
+		Detail: fmt.Sprintf("backed up %s to secret %s/%s (verified byte for byte)", from, st.c.Namespace, name)})
 	next, _, err := e.nextBundle(ctx, st, true)
 	if err != nil {
 		return err
@@ -427,6 +446,7 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 		OldSigner: pki.Fingerprint(oldP.Signer),
 		NewRoot:   pki.Fingerprint(newRoot), NewSigner: pki.Fingerprint(newP.Signer),
 		BackupSecret: name, Started: now.UTC(),
+		From:            migrationFrom(st.selfSigned),
 		resourceVersion: st.prevRecordRV,
 	}
 	if err := st.s.writeRecord(ctx, st.record); err != nil {

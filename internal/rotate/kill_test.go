@@ -78,7 +78,6 @@ func TestKillNineAnywhereThenResume(t *testing.T) {
 	tg := newTarget(t, s, "sandbox")
 	root := newRoot(t)
 	rootDir := writeRoot(t, root)
-	points := map[string]int{}
 	s.ResetProbe()
 	rotateArgs := func() []string {
 		return []string{"rotate", "--kubeconfig", s.Kubeconfig(), "--root", rootDir, "--key-type", "ecdsa-p256", "--yes", "--reload-timeout", "30s", "--verify-timeout", "1m", "-o", "json"}
@@ -103,6 +102,37 @@ func TestKillNineAnywhereThenResume(t *testing.T) {
 		{kind: rotate.EventRestartStarted, phase: rotate.PhaseRetire, workload: "daemonset/"},
 		{kind: rotate.EventVerifying, phase: rotate.PhaseRetire},
 	}
+	points := killAndResume(t, bin, rotateArgs, targets)
+	var final bytes.Buffer
+	cmd := exec.Command(bin, rotateArgs()...)
+	cmd.Stderr = &final
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("final run: %v\n%s", err, final.String())
+	}
+	t.Logf("killed at %d distinct points:", len(points))
+	for p, n := range points {
+		t.Logf("  %dx %s", n, p)
+	}
+	if len(points) < 10 {
+		t.Errorf("only %d distinct kill points, want at least 10", len(points))
+	}
+	tg.assertFinal(t, root)
+	assertNoFailures(t, s, "rotations killed with SIGKILL and resumed")
+	// No lost material: the backup is the cacerts the rotation started from.
+	rec := readRecord(t, tg)
+	if !tg.backup(t, rec.BackupSecret).Equal(tg.original) {
+		t.Errorf("backup %s is not the cacerts the rotation started from", rec.BackupSecret)
+	}
+}
+
+// killAndResume runs meshca with args() again and again, killing each run
+// with SIGKILL at the next of targets found in its event stream (-o json),
+// so that every run resumes from the state the previous kill left. It
+// returns how often it killed at each point.
+func killAndResume(t *testing.T, bin string, args func() []string, targets []killAt) map[string]int {
+	t.Helper()
+	points := map[string]int{}
+	rotateArgs := args
 	for next := 0; next < len(targets); {
 		cmd := exec.Command(bin, rotateArgs()...)
 		stdout, err := cmd.StdoutPipe()
@@ -143,26 +173,7 @@ func TestKillNineAnywhereThenResume(t *testing.T) {
 		points[targets[hit].String()]++
 		next = hit + 1
 	}
-	var final bytes.Buffer
-	cmd := exec.Command(bin, rotateArgs()...)
-	cmd.Stderr = &final
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("final run: %v\n%s", err, final.String())
-	}
-	t.Logf("killed at %d distinct points:", len(points))
-	for p, n := range points {
-		t.Logf("  %dx %s", n, p)
-	}
-	if len(points) < 10 {
-		t.Errorf("only %d distinct kill points, want at least 10", len(points))
-	}
-	tg.assertFinal(t, root)
-	assertNoFailures(t, s, "rotations killed with SIGKILL and resumed")
-	// No lost material: the backup is the cacerts the rotation started from.
-	rec := readRecord(t, tg)
-	if !tg.backup(t, rec.BackupSecret).Equal(tg.original) {
-		t.Errorf("backup %s is not the cacerts the rotation started from", rec.BackupSecret)
-	}
+	return points
 }
 
 // TestOneStepStrategyFailsHandshakesAndSaysSo runs the field note's

@@ -16,7 +16,7 @@ func (s store) noCACerts(ctx context.Context) error {
 	_, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, mesh.SelfSignedSecret, metav1.GetOptions{})
 	switch {
 	case err == nil:
-		return fmt.Errorf("secret %s/%s not found: istiod uses its self-signed CA (secret %s); a rotation needs a plug-in CA (create cacerts with `meshca ca intermediate` output, then restart istiod)", s.namespace, CACertsSecret, mesh.SelfSignedSecret)
+		return fmt.Errorf("secret %s/%s not found: %w (secret %s); meshca rotate --root DIR migrates it to a plug-in CA", s.namespace, CACertsSecret, errSelfSigned, mesh.SelfSignedSecret)
 	case apierrors.IsNotFound(err):
 		return fmt.Errorf("neither secret %s/%s nor %s/%s exists: no istiod CA in namespace %s; pass -n with the namespace istiod runs in", s.namespace, CACertsSecret, s.namespace, mesh.SelfSignedSecret, s.namespace)
 	}

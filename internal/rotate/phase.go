@@ -35,6 +35,9 @@ func (e *Engine) run(ctx context.Context) error {
 		if !st.start {
 			continue
 		}
+		if err := e.startable(ctx, st); err != nil {
+			return e.refuse(c.Name, "", err)
+		}
 		pre, err := e.preflight(ctx, c)
 		if err != nil {
 			return err
@@ -157,9 +160,16 @@ func (e *Engine) runPhase(ctx context.Context, st *state, p Phase) error {
 		if err != nil {
 			return err
 		}
-		if st.rv, err = st.s.writeCACerts(ctx, want, st.rv); err != nil {
+		write := st.s.writeCACerts
+		if st.selfSigned {
+			write = func(ctx context.Context, b *bundle.Bundle, _ string) (string, error) {
+				return st.s.createCACerts(ctx, b)
+			}
+		}
+		if st.rv, err = write(ctx, want, st.rv); err != nil {
 			return err
 		}
+		st.selfSigned = false
 		st.record.mark(p, false, e.opts.Now())
 		if err := st.s.writeRecord(ctx, st.record); err != nil {
 			return writtenButUnrecorded(st, p, err)
@@ -170,6 +180,11 @@ func (e *Engine) runPhase(ctx context.Context, st *state, p Phase) error {
 	// istiod takes the bundle: hot reload, seen in the ConfigMaps it
 	// rewrites; restart it when it does not.
 	w0 := e.opts.Now()
+	if st.record.Migration() && p == PhaseTrust {
+		if err := e.waitIstiodSwitch(ctx, st, want, p); err != nil {
+			return err
+		}
+	}
 	if err := e.waitIstiod(ctx, st, want, p); err != nil {
 		return err
 	}

@@ -29,6 +29,9 @@ type ClusterPlan struct {
 	Intermediate string `json:"intermediate,omitempty"`
 	// IntermediateOnly: the root stays; only the issue phase runs.
 	IntermediateOnly bool `json:"intermediateOnly,omitempty"`
+	// Migration: the old CA is istiod's self-signed CA (istio-ca-secret);
+	// the trust phase creates cacerts and restarts istiod once.
+	Migration bool `json:"migration,omitempty"`
 	// Blockers would make the run refuse (preflight errors, a rotation to
 	// another CA in progress); Warnings would not.
 	Blockers []string `json:"blockers,omitempty"`
@@ -95,11 +98,16 @@ func (e *Engine) planCluster(ctx context.Context, c *Cluster) (*ClusterPlan, err
 			cp.Warnings = append(cp.Warnings, "preflight (a run starting a new rotation would refuse): "+chk.String())
 		}
 	}
+	if err == nil && st.start {
+		err = e.startable(ctx, st)
+	}
 	if err != nil {
 		cp.Blockers = append(cp.Blockers, err.Error())
 		return cp, nil
 	}
 	cp.Phase = st.phase
+	migration := st.selfSigned || st.record.Migration()
+	cp.Migration = migration
 	step := func(p Phase, restarts int, format string, args ...any) {
 		cp.Steps = append(cp.Steps, PlanStep{Phase: p, Text: fmt.Sprintf(format, args...), Restarts: restarts})
 	}
@@ -107,7 +115,12 @@ func (e *Engine) planCluster(ctx context.Context, c *Cluster) (*ClusterPlan, err
 	switch {
 	case st.start:
 		cp.Start, cp.Why = true, "a new rotation starts: "+st.why
-		step("", 0, "copy secret %s/%s to a backup Secret and verify it byte for byte", c.Namespace, CACertsSecret)
+		if migration {
+			cp.Why = "a migration from istiod's self-signed CA (secret " + c.Namespace + "/" + mesh.SelfSignedSecret + ", no cacerts) to a plug-in CA starts: " + st.why
+			step("", 0, "copy secret %s/%s to a backup Secret and verify it byte for byte (istio-ca-secret itself is never written)", c.Namespace, mesh.SelfSignedSecret)
+		} else {
+			step("", 0, "copy secret %s/%s to a backup Secret and verify it byte for byte", c.Namespace, CACertsSecret)
+		}
 		var from string
 		if next, from, err = e.nextBundle(ctx, st, true); err != nil {
 			cp.Blockers = append(cp.Blockers, err.Error())
@@ -154,15 +167,22 @@ func (e *Engine) planCluster(ctx context.Context, c *Cluster) (*ClusterPlan, err
 				cp.Blockers = append(cp.Blockers, fmt.Sprintf("phase %s: %v", p, err))
 				return cp, nil
 			}
-			if want.Equal(cur) {
+			switch {
+			case want.Equal(cur):
 				step(p, 0, "cacerts already holds this phase's bundle")
-			} else {
+			case migration && p == PhaseTrust && st.selfSigned:
+				step(p, 0, "create cacerts with the self-signed CA still signing and root-cert.pem = the self-signed root's exact bytes + the new root (%s)", describeWrite(cur, want, "istiod restart"))
+			default:
 				step(p, 0, "write cacerts: %s", describeWrite(cur, want, reload))
 			}
 			if p == PhaseRetire {
 				step(p, 0, "refuse unless no proxy holds a certificate from the old CA and the injection and validation webhooks' caBundle hold the new root")
 			}
-			step(p, 0, "wait for istiod to hot-reload (istio-ca-root-cert in every namespace); restart istiod if it does not within %s", e.opts.ReloadTimeout)
+			if migration && p == PhaseTrust {
+				step(p, 1, "restart istiod once: it does not hot-reload the switch from its self-signed CA to cacerts (istio#57853); prove it serves from cacerts (istio-ca-root-cert in every namespace carries both roots)")
+			} else {
+				step(p, 0, "wait for istiod to hot-reload (istio-ca-root-cert in every namespace); restart istiod if it does not within %s", e.opts.ReloadTimeout)
+			}
 			e.planRestarts(cp, p, zs, envoys, pcds)
 			cur = want
 			if held, err = e.holdingOf(cur); err != nil {

@@ -38,6 +38,9 @@ func (e *Engine) rollback(ctx context.Context, c *Cluster) error {
 	if st.record == nil {
 		return fmt.Errorf("no rotation recorded (configmap %s/%s): nothing to roll back", c.Namespace, RecordName)
 	}
+	if st.record.Migration() {
+		return e.rollbackMigration(ctx, st)
+	}
 	backup, err := st.s.readBackup(ctx, st.record.BackupSecret)
 	if err != nil {
 		return err

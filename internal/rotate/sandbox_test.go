@@ -60,6 +60,15 @@ type target struct {
 
 func newTarget(t testing.TB, s *sandbox.Sandbox, name string) *target {
 	t.Helper()
+	tg := connect(t, s, name)
+	tg.original = tg.cacerts(t)
+	return tg
+}
+
+// connect is newTarget without reading cacerts (a self-signed sandbox has
+// none).
+func connect(t testing.TB, s *sandbox.Sandbox, name string) *target {
+	t.Helper()
 	cfg, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig())
 	if err != nil {
 		t.Fatal(err)
@@ -69,9 +78,7 @@ func newTarget(t testing.TB, s *sandbox.Sandbox, name string) *target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tg := &target{s: s, cluster: rotate.NewCluster(name, client, sandbox.IstioNamespace), requests: n}
-	tg.original = tg.cacerts(t)
-	return tg
+	return &target{s: s, cluster: rotate.NewCluster(name, client, sandbox.IstioNamespace), requests: n}
 }
 
 func (tg *target) cacerts(t testing.TB) *bundle.Bundle {

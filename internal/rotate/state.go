@@ -105,6 +105,10 @@ type Record struct {
 	Started time.Time `json:"started"`
 	// Transitions lists each phase's write and proof times.
 	Transitions []Transition `json:"transitions"`
+	// From names the Secret the old CA was read from: istio-ca-secret for
+	// a migration from istiod's self-signed CA (then BackupSecret is a copy
+	// of it); empty for a rotation of cacerts.
+	From string `json:"from,omitempty"`
 	// RolledBack is set when `meshca rollback` restored the backup.
 	RolledBack *time.Time `json:"rolledBack,omitempty"`
 

@@ -19,6 +19,9 @@ type ClusterStatus struct {
 	BackupSecret string   `json:"backupSecret,omitempty"`
 	OldRoots     []string `json:"oldRoots"`
 	NewRoot      string   `json:"newRoot,omitempty"`
+	// CA says what istiod signs with now: "plug-in (secret cacerts)" or
+	// "self-signed (secret istio-ca-secret)"; "" when not checked (Limited).
+	CA string `json:"ca,omitempty"`
 	// Signer is the fingerprint of the certificate cacerts signs with now
 	// ("" when cacerts could not be read: see Limited).
 	Signer string `json:"signer"`
@@ -76,6 +79,10 @@ func (e *Engine) status(ctx context.Context, c *Cluster) (*ClusterStatus, error)
 	}
 	cs := &ClusterStatus{Context: c.Name, Phase: PhaseNone, Signer: pki.Fingerprint(p.Signer), Roots: uniqueFPs(p.Roots), Record: st.record}
 	cs.OldRoots = cs.Roots
+	cs.CA = "plug-in (secret " + CACertsSecret + ")"
+	if st.selfSigned {
+		cs.CA = "self-signed (secret " + mesh.SelfSignedSecret + ")"
+	}
 	if st.record != nil {
 		cs.Phase, cs.BackupSecret, cs.OldRoots, cs.NewRoot = st.phase, st.record.BackupSecret, st.record.OldRoots, st.record.NewRoot
 	}

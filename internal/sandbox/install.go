@@ -28,10 +28,12 @@ const (
 	GatewayName    = "istio-ingressgateway"
 	WaypointName   = "waypoint"
 	CACertsSecret  = "cacerts"
-	MeshConfigMap  = "istio"
-	RootCertConfig = "istio-ca-root-cert"
-	TrustDomain    = "cluster.local"
-	ClusterID      = "Kubernetes"
+	// SelfSignedSecret is where istiod keeps its self-signed CA.
+	SelfSignedSecret = "istio-ca-secret"
+	MeshConfigMap    = "istio"
+	RootCertConfig   = "istio-ca-root-cert"
+	TrustDomain      = "cluster.local"
+	ClusterID        = "Kubernetes"
 	// proxyVersion is the release the simulated envoy proxies follow.
 	proxyVersion     = "1.28.1"
 	proxyContainer   = "istio-proxy"
@@ -124,13 +126,17 @@ func install(ctx context.Context, c kubernetes.Interface, s installSpec) error {
 	if err := create("configmap", MeshConfigMap, err); err != nil {
 		return err
 	}
-	_, err = c.CoreV1().Secrets(IstioNamespace).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: CACertsSecret, Namespace: IstioNamespace},
-		Type:       corev1.SecretTypeOpaque,
-		Data:       s.Bundle.SecretData(),
-	}, metav1.CreateOptions{})
-	if err := create("secret", CACertsSecret, err); err != nil {
-		return err
+	// Without a bundle istiod starts on its self-signed CA (the cacerts
+	// volume is optional, as in the chart).
+	if s.Bundle != nil {
+		_, err = c.CoreV1().Secrets(IstioNamespace).Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: CACertsSecret, Namespace: IstioNamespace},
+			Type:       corev1.SecretTypeOpaque,
+			Data:       s.Bundle.SecretData(),
+		}, metav1.CreateOptions{})
+		if err := create("secret", CACertsSecret, err); err != nil {
+			return err
+		}
 	}
 	_, err = c.CoreV1().Services(IstioNamespace).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: IstiodName, Namespace: IstioNamespace, Labels: map[string]string{"app": IstiodName, "istio": "pilot"}},

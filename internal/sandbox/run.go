@@ -58,7 +58,7 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		return nil, err
 	}
 	names := opts.clusterNames()
-	bundles, err := generateCA(opts.Dir, opts.KeyType, opts.RootSubject, names)
+	bundles, err := caBundles(&opts, names)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox CA: %w", err)
 	}
@@ -66,6 +66,16 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		return nil, fmt.Errorf("sandbox: control-plane binaries missing (%v): build them with `make controlplane` (about 9 minutes the first time)", missing)
 	}
 	opts.istiodVersion = IstiodVersion(opts.BinDir)
+	switch opts.CA {
+	case CASelfSigned:
+		opts.Logf("CA: istiod's self-signed CA (secret %s/%s, no %s)", IstioNamespace, SelfSignedSecret, CACertsSecret)
+	case CAExpiring:
+		what := "intermediate"
+		if opts.ExpireRoot {
+			what = "root and intermediate"
+		}
+		opts.Logf("CA: plug-in CA whose %s expires in %s (at %s)", what, opts.CALifetime, time.Now().Add(opts.CALifetime).UTC().Format(time.RFC3339))
+	}
 	opts.Logf("istiod %s (pilot-discovery built from istio.io/istio; proxies simulated: ztunnel %s, envoy/istio-agent %s)",
 		opts.istiodVersion, ztunnelReleases[opts.ZtunnelVersion].tag, proxyVersion)
 	runCtx, cancel := context.WithCancel(context.Background())
@@ -346,6 +356,15 @@ func (s *Sandbox) Draining() int {
 // IstiodVersion is the version of the istiod the sandbox runs.
 func (s *Sandbox) IstiodVersion() string { return s.opts.istiodVersion }
 
+// rootCADir is where the root of the installed CA is kept; "" with
+// istiod's self-signed CA (its root is in istio-ca-secret only).
+func (s *Sandbox) rootCADir() string {
+	if s.opts.CA == CASelfSigned {
+		return ""
+	}
+	return filepath.Join(s.CADir(), "root")
+}
+
 // CADir is where the sandbox keeps the CA material it installed (the root key
 // stays here, never in the cluster).
 func (s *Sandbox) CADir() string { return filepath.Join(s.opts.Dir, CADir) }
@@ -491,7 +510,7 @@ func (s *Sandbox) serveControl() error {
 	go func() { _ = s.control.Serve(ln) }()
 	st := &State{
 		PID: os.Getpid(), Kubeconfig: s.Kubeconfig(), ControlAddr: ln.Addr().String(), Started: s.started, Ready: true,
-		Nodes: s.opts.Nodes, Workloads: s.opts.Workloads, RootCA: filepath.Join(s.CADir(), "root"),
+		Nodes: s.opts.Nodes, Workloads: s.opts.Workloads, RootCA: s.rootCADir(),
 		IstiodVersion: s.opts.istiodVersion,
 	}
 	for _, m := range s.members {

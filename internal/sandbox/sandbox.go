@@ -92,6 +92,14 @@ type Options struct {
 	// as kubelet refreshes ConfigMap volumes on its sync period
 	// (DefaultRootCertVolumeDelay when zero; negative means at once).
 	RootCertVolumeDelay time.Duration
+	// CA is how istiod gets its CA: CAPlugin (default), CASelfSigned or
+	// CAExpiring.
+	CA string
+	// CALifetime is how long the CAExpiring CA lives after start
+	// (DefaultCALifetime when zero); ExpireRoot makes the root expire then
+	// rather than only the intermediate.
+	CALifetime time.Duration
+	ExpireRoot bool
 	// ClusterName is set by Start on each member of a multi-cluster
 	// sandbox: its name, context and CLUSTER_ID.
 	ClusterName string
@@ -164,6 +172,9 @@ func (o *Options) defaults() error {
 	}
 	if o.KeyType == "" {
 		o.KeyType = pki.ECDSAP256
+	}
+	if err := o.caDefaults(); err != nil {
+		return err
 	}
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
@@ -275,18 +286,28 @@ func generateCA(dir string, kt pki.KeyType, subject *pki.RootOptions, names []st
 				return nil, err
 			}
 		}
-		inter, err := pki.NewIntermediate(root, pki.IntermediateOptions{Cluster: sub, KeyType: kt})
+		b, err := writeIntermediate(caDir, root, pki.IntermediateOptions{Cluster: sub, KeyType: kt})
 		if err != nil {
-			return nil, err
-		}
-		b, err := bundle.FromCA(root, inter)
-		if err != nil {
-			return nil, err
-		}
-		if err := b.Write(filepath.Join(caDir, sub), true); err != nil {
 			return nil, err
 		}
 		out[name] = b
 	}
 	return out, nil
+}
+
+// writeIntermediate issues an intermediate under root and keeps its bundle
+// in caDir/<cluster>.
+func writeIntermediate(caDir string, root *pki.CA, o pki.IntermediateOptions) (*bundle.Bundle, error) {
+	inter, err := pki.NewIntermediate(root, o)
+	if err != nil {
+		return nil, err
+	}
+	b, err := bundle.FromCA(root, inter)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.Write(filepath.Join(caDir, o.Cluster), true); err != nil {
+		return nil, err
+	}
+	return b, nil
 }

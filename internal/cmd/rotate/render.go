@@ -47,6 +47,9 @@ func printPlan(w io.Writer, pace rotate.Pace, plans []rotate.ClusterPlan) {
 		if p.NewRoot != "" {
 			_, _ = fmt.Fprintf(w, "  new root %.12s, new intermediate %.12s (%s)\n", p.NewRoot, p.NewSigner, p.Intermediate)
 		}
+		if p.Migration {
+			_, _ = fmt.Fprintln(w, "  migration from istiod's self-signed CA: the trust phase creates cacerts and restarts istiod once; istio-ca-secret is backed up and never written")
+		}
 		if p.IntermediateOnly {
 			_, _ = fmt.Fprintln(w, "  intermediate only: the root stays, so trust and retire have nothing to do; only the issue phase runs")
 		}

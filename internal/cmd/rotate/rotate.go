@@ -220,16 +220,7 @@ func (o *rotateOptions) run(ctx context.Context, env *cli.Env) error {
 		ReloadTimeout: o.reloadTimeout, RolloutTimeout: o.rolloutTimeout, VerifyTimeout: o.verifyTimeout,
 		Now: env.Now,
 	}
-	var dirs map[string]*bundle.Bundle
-	if o.root != "" {
-		if opts.Root, err = bundle.LoadRoot(o.root, env.Now()); err != nil {
-			return err
-		}
-		opts.RootDir = o.root
-	} else if dirs, err = loadCADirs(o.caDir, env.Contexts); err != nil {
-		return err
-	}
-	clusters, err := clusters(env, dirs)
+	clusters, err := newCA(env, o.root, o.caDir, &opts)
 	if err != nil {
 		return err
 	}
@@ -295,6 +286,22 @@ func (o *rotateOptions) run(ctx context.Context, env *cli.Env) error {
 		_, _ = fmt.Fprintf(env.Streams.ErrOut, "wrote the report %s\n", o.report)
 	}
 	return runErr
+}
+
+// newCA reads the new CA (--root into opts, or --ca-dir into each
+// cluster) and connects to the clusters.
+func newCA(env *cli.Env, root, caDir string, opts *rotate.Options) ([]*rotate.Cluster, error) {
+	var dirs map[string]*bundle.Bundle
+	var err error
+	if root != "" {
+		if opts.Root, err = bundle.LoadRoot(root, env.Now()); err != nil {
+			return nil, err
+		}
+		opts.RootDir = root
+	} else if dirs, err = loadCADirs(caDir, env.Contexts); err != nil {
+		return nil, err
+	}
+	return clusters(env, dirs)
 }
 
 // loadCADirs reads --ca-dir: one bundle, or one per context in DIR/<context>.

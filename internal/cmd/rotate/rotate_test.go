@@ -28,6 +28,9 @@ func TestUsageErrorsChangeNothing(t *testing.T) {
 		"an unknown pace":                         {[]string{"rotate", "--root", "a", "--pace", "slow"}, "use fast or gentle"},
 		"rotate with an unknown output format":    {[]string{"rotate", "--root", "a", "-o", "xml"}, "unknown output format"},
 		"a one-cluster command with two contexts": {[]string{"check", "--context", "a", "--context", "b"}, "give --context once"},
+		"recover without --root or --ca-dir":      {[]string{"recover"}, "exactly one of --root DIR or --ca-dir DIR"},
+		"recover with a negative --within":        {[]string{"recover", "--root", "a", "--within", "-1h"}, "must not be negative"},
+		"recover with an unknown output format":   {[]string{"recover", "--root", "a", "-o", "xml"}, "unknown output format"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

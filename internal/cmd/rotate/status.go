@@ -75,6 +75,12 @@ func readEngine(env *cli.Env, output string) (report.Format, *rotate.Engine, err
 func printStatus(env *cli.Env, s rotate.ClusterStatus) {
 	w := env.Streams.Out
 	_, _ = fmt.Fprintf(w, "cluster %s: phase %s\n", s.Context, s.Phase)
+	if s.CA != "" {
+		_, _ = fmt.Fprintf(w, "  CA             %s\n", s.CA)
+	}
+	if s.Record.Migration() {
+		_, _ = fmt.Fprintln(w, "  migration      from istiod's self-signed CA (istio-ca-secret, backed up, never written)")
+	}
 	if s.Limited != "" {
 		_, _ = fmt.Fprintf(env.Streams.ErrOut, "Warning: cluster %s: %s\n", s.Context, s.Limited)
 		_, _ = fmt.Fprintf(w, "  signer         (not checked)\n  roots          %s\n", shortList(s.Roots))
