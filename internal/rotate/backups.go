@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshca/meshca/internal/bundle"
+	"github.com/meshca/meshca/internal/mesh"
 	"github.com/meshca/meshca/internal/pki"
 )
 
@@ -20,6 +21,9 @@ import (
 type Backup struct {
 	Cluster string `json:"cluster"`
 	Name    string `json:"name"`
+	// Of is the Secret it backs up: cacerts, or istio-ca-secret (the
+	// self-signed CA a migration replaced).
+	Of string `json:"of"`
 	// RotationID is the rotation that took it ("" for backups taken before
 	// meshca named rotations).
 	RotationID string    `json:"rotationId,omitempty"`
@@ -37,7 +41,8 @@ type Backup struct {
 	Err string `json:"error,omitempty"`
 }
 
-// Backups lists every cluster's cacerts backups, newest first.
+// Backups lists every cluster's backups (of cacerts, and of istio-ca-secret
+// taken by a migration), newest first.
 func (e *Engine) Backups(ctx context.Context) ([]Backup, error) {
 	var out []Backup
 	for _, c := range e.clusters {
@@ -51,7 +56,7 @@ func (e *Engine) Backups(ctx context.Context) ([]Backup, error) {
 }
 
 func (e *Engine) backups(ctx context.Context, c *Cluster) ([]Backup, error) {
-	list, err := c.Client.CoreV1().Secrets(c.Namespace).List(ctx, metav1.ListOptions{LabelSelector: labelBackupOf + "=" + CACertsSecret})
+	list, err := c.Client.CoreV1().Secrets(c.Namespace).List(ctx, metav1.ListOptions{LabelSelector: labelBackupOf + " in (" + CACertsSecret + "," + mesh.SelfSignedSecret + ")"})
 	if err != nil {
 		return nil, fmt.Errorf("list backup secrets in %s: %w", c.Namespace, err)
 	}
@@ -74,7 +79,15 @@ func describeBackup(cluster string, sec *corev1.Secret, st *state) Backup {
 	if t, err := time.Parse(time.RFC3339, sec.Annotations[annotationBackupTaken]); err == nil {
 		b.Created = t.UTC()
 	}
-	if bun, err := bundle.FromSecretData("secret "+sec.Namespace+"/"+sec.Name, sec.Data); err != nil {
+	b.Of = sec.Labels[labelBackupOf]
+	if b.Of == mesh.SelfSignedSecret {
+		// istio-ca-secret: the self-signed CA signs and is the root.
+		if certs, err := pki.ParseCertificates("secret "+sec.Namespace+"/"+sec.Name+"[ca-cert.pem]", sec.Data[bundle.CACertFile]); err != nil {
+			b.Err = err.Error()
+		} else {
+			b.Roots, b.Signer = []string{pki.Fingerprint(certs[0])}, pki.Fingerprint(certs[0])
+		}
+	} else if bun, err := bundle.FromSecretData("secret "+sec.Namespace+"/"+sec.Name, sec.Data); err != nil {
 		b.Err = err.Error()
 	} else if p, err := bun.Parse(); err != nil {
 		b.Err = err.Error()
@@ -154,8 +167,8 @@ func deleteBackup(ctx context.Context, c *Cluster, name string) error {
 	if err != nil {
 		return fmt.Errorf("read backup secret %s/%s: %w", c.Namespace, name, err)
 	}
-	if sec.Labels[labelBackupOf] != CACertsSecret {
-		return fmt.Errorf("secret %s/%s is not a meshca backup (label %s=%s missing): not deleted", c.Namespace, name, labelBackupOf, CACertsSecret)
+	if of := sec.Labels[labelBackupOf]; of != CACertsSecret && of != mesh.SelfSignedSecret {
+		return fmt.Errorf("secret %s/%s is not a meshca backup (label %s missing): not deleted", c.Namespace, name, labelBackupOf)
 	}
 	err = secrets.Delete(ctx, name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &sec.ResourceVersion}})
 	if err != nil && !apierrors.IsNotFound(err) {

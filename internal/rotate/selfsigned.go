@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -121,45 +120,11 @@ func (s store) deleteCACerts(ctx context.Context, rv string) error {
 // the backup a crashed start left, and reads it back to prove the copy. It
 // returns the Secret's name and the rotation id.
 func (s store) backupSelfSigned(ctx context.Context, last *Record, now time.Time) (name, id string, err error) {
-	secrets := s.client.CoreV1().Secrets(s.namespace)
-	src, err := secrets.Get(ctx, mesh.SelfSignedSecret, metav1.GetOptions{})
+	src, err := s.client.CoreV1().Secrets(s.namespace).Get(ctx, mesh.SelfSignedSecret, metav1.GetOptions{})
 	if err != nil {
 		return "", "", fmt.Errorf("read secret %s/%s: %w", s.namespace, mesh.SelfSignedSecret, err)
 	}
-	hash := contentHash(src.Data)
-	existing, err := secrets.List(ctx, metav1.ListOptions{LabelSelector: labelBackupOf + "=" + mesh.SelfSignedSecret + "," + labelContentHash + "=" + hash})
-	if err != nil {
-		return "", "", fmt.Errorf("list backup secrets in %s: %w", s.namespace, err)
-	}
-	for _, sec := range existing.Items {
-		if sec.Labels[labelRotationID] != "" && (last == nil || last.BackupSecret != sec.Name) {
-			name = sec.Name
-			break
-		}
-	}
-	if name == "" {
-		id := rotationID(now, hash)
-		name = selfSignedBackupPrefix + id
-		_, err = secrets.Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.namespace,
-				Labels:      map[string]string{LabelManagedBy: managedBy, labelBackupOf: mesh.SelfSignedSecret, labelContentHash: hash, labelRotationID: id},
-				Annotations: map[string]string{annotationBackupTaken: now.UTC().Format(time.RFC3339)},
-			},
-			Type: src.Type,
-			Data: src.Data,
-		}, metav1.CreateOptions{})
-		if err != nil && !apierrors.IsAlreadyExists(err) {
-			return "", "", fmt.Errorf("create backup secret %s/%s: %w", s.namespace, name, err)
-		}
-	}
-	got, err := secrets.Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return "", "", fmt.Errorf("read back backup secret %s/%s: %w", s.namespace, name, err)
-	}
-	if !maps.EqualFunc(got.Data, src.Data, bytes.Equal) {
-		return "", "", fmt.Errorf("backup secret %s/%s does not equal %s byte for byte: refusing to continue (delete it and run again)", s.namespace, name, mesh.SelfSignedSecret)
-	}
-	return name, got.Labels[labelRotationID], nil
+	return s.backupData(ctx, mesh.SelfSignedSecret, selfSignedBackupPrefix, src.Type, src.Data, last, now)
 }
 
 // leftoverSelfSigned refuses to start a rotation of cacerts while

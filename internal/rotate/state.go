@@ -22,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -259,15 +260,20 @@ func rotationID(started time.Time, hash string) string {
 
 // backup copies cur into the backup Secret of a rotation starting at now
 // and reads it back to prove the copy is byte-for-byte equal before
-// anything else changes. A backup of the same bytes left by a start that
-// crashed before its record was written (not the backup of the last
-// recorded rotation) is reused, so a re-run does not pile up keys. It
-// returns the Secret's name and the rotation id.
+// anything else changes. It returns the Secret's name and the rotation id.
 func (s store) backup(ctx context.Context, cur *bundle.Bundle, last *Record, now time.Time) (name, id string, err error) {
-	data := cur.SecretData()
+	return s.backupData(ctx, CACertsSecret, BackupPrefix, corev1.SecretTypeOpaque, cur.SecretData(), last, now)
+}
+
+// backupData copies the data of Secret of (type typ) into a backup Secret
+// named prefix + rotation id, and reads it back to prove it equal byte for
+// byte. A backup of the same bytes left by a start that crashed before its
+// record was written (not the backup of the last recorded rotation, last)
+// is reused, so a re-run does not pile up keys.
+func (s store) backupData(ctx context.Context, of, prefix string, typ corev1.SecretType, data map[string][]byte, last *Record, now time.Time) (name, id string, err error) {
 	hash := contentHash(data)
 	secrets := s.client.CoreV1().Secrets(s.namespace)
-	existing, err := secrets.List(ctx, metav1.ListOptions{LabelSelector: labelBackupOf + "=" + CACertsSecret + "," + labelContentHash + "=" + hash})
+	existing, err := secrets.List(ctx, metav1.ListOptions{LabelSelector: labelBackupOf + "=" + of + "," + labelContentHash + "=" + hash})
 	if err != nil {
 		return "", "", fmt.Errorf("list backup secrets in %s: %w", s.namespace, err)
 	}
@@ -279,13 +285,13 @@ func (s store) backup(ctx context.Context, cur *bundle.Bundle, last *Record, now
 	}
 	if name == "" {
 		id := rotationID(now, hash)
-		name = BackupPrefix + id
+		name = prefix + id
 		_, err = secrets.Create(ctx, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: s.namespace,
-				Labels:      map[string]string{LabelManagedBy: managedBy, labelBackupOf: CACertsSecret, labelContentHash: hash, labelRotationID: id},
+				Labels:      map[string]string{LabelManagedBy: managedBy, labelBackupOf: of, labelContentHash: hash, labelRotationID: id},
 				Annotations: map[string]string{annotationBackupTaken: now.UTC().Format(time.RFC3339)},
 			},
-			Type: corev1.SecretTypeOpaque,
+			Type: typ,
 			Data: data,
 		}, metav1.CreateOptions{})
 		if err != nil && !apierrors.IsAlreadyExists(err) {
@@ -296,9 +302,8 @@ func (s store) backup(ctx context.Context, cur *bundle.Bundle, last *Record, now
 	if err != nil {
 		return "", "", fmt.Errorf("read back backup secret %s/%s: %w", s.namespace, name, err)
 	}
-	back, err := bundle.FromSecretData("secret "+s.namespace+"/"+name, got.Data)
-	if err != nil || !back.Equal(cur) {
-		return "", "", fmt.Errorf("backup secret %s/%s does not equal cacerts byte for byte: refusing to continue (delete it and run again)", s.namespace, name)
+	if !maps.EqualFunc(got.Data, data, bytes.Equal) {
+		return "", "", fmt.Errorf("backup secret %s/%s does not equal %s byte for byte: refusing to continue (delete it and run again)", s.namespace, name, of)
 	}
 	return name, got.Labels[labelRotationID], nil
 }

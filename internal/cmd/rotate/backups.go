@@ -61,13 +61,13 @@ func newBackupsListCmd(env *cli.Env) *cobra.Command {
 }
 
 func printBackups(w io.Writer, bs []rotate.Backup, env *cli.Env) {
-	t := report.NewTable(w, "CLUSTER", "NAME", "ROTATION", "AGE", "ROOTS", "SIGNER", "USED BY")
+	t := report.NewTable(w, "CLUSTER", "NAME", "OF", "ROTATION", "AGE", "ROOTS", "SIGNER", "USED BY")
 	for _, b := range bs {
 		roots, signer := shortList(b.Roots), fmt.Sprintf("%.12s", b.Signer)
 		if b.Err != "" {
 			roots, signer = "unreadable: "+b.Err, "-"
 		}
-		t.Row(b.Cluster, b.Name, or(b.RotationID, "-"), duration.HumanDuration(env.Now().Sub(b.Created)), roots, signer, or(b.Use, "-"))
+		t.Row(b.Cluster, b.Name, b.Of, or(b.RotationID, "-"), duration.HumanDuration(env.Now().Sub(b.Created)), roots, signer, or(b.Use, "-"))
 	}
 	_ = t.Flush()
 }
