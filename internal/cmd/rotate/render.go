@@ -88,7 +88,7 @@ func printPlan(w io.Writer, pace rotate.Pace, plans []rotate.ClusterPlan) {
 type probeFigures map[string]int64
 
 // probeFields are the counters shown, in order.
-var probeFields = []string{"handshakes", "failures", "refused", "resets", "issuanceFailures"}
+var probeFields = []string{"handshakes", "failures", "refused", "resets", "issuanceFailures", "admissionFailures"}
 
 func readProbeFigures(ctx context.Context, dir string) probeFigures {
 	snap, err := sandbox.FetchProbe(ctx, dir, false)

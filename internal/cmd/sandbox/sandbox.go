@@ -274,8 +274,12 @@ JSON: {"handshakes", "failures", "refused", "resets", "connections",
 // then every pair and proxy with a disruption and its last reason.
 func printProbe(env *cli.Env, snap *mesh.Snapshot) error {
 	w := env.Streams.Out
-	_, _ = fmt.Fprintf(w, "since %s: %d handshakes, %d failed, %d refused; %d long-lived connections, %d reset; %d failed CSRs\n\n",
+	_, _ = fmt.Fprintf(w, "since %s: %d handshakes, %d failed, %d refused; %d long-lived connections, %d reset; %d failed CSRs",
 		snap.Since.Format(time.RFC3339), snap.Handshakes, snap.Failures, snap.Refused, snap.Connections, snap.Resets, snap.IssuanceFailures)
+	if snap.Admissions > 0 {
+		_, _ = fmt.Fprintf(w, "; %d injected pods created, %d refused at admission", snap.Admissions, snap.AdmissionFailures)
+	}
+	_, _ = fmt.Fprint(w, "\n\n")
 	t := report.NewTable(w, "PAIR KIND", "HANDSHAKES", "FAILED", "REFUSED", "LONG-LIVED", "RESETS")
 	for _, k := range slices.Sorted(maps.Keys(snap.ByPairKind)) {
 		c := snap.ByPairKind[k]
