@@ -19,7 +19,7 @@ import (
 // rotation but the one step that replaces an expired CA.
 const PhaseRecover Phase = "recover"
 
-// ReasonRecover: recover restarts istiod, every ztunnel and every envoy so
+// ReasonRecover is why recover restarts istiod, every ztunnel and every envoy so
 // that each holds a certificate from the new CA at once.
 const ReasonRecover = "recover"
 

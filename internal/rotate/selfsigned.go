@@ -28,7 +28,7 @@ import (
 // runs on its self-signed CA.
 var errSelfSigned = errors.New("istiod uses its self-signed CA")
 
-// ReasonSelfSignedSwitch: istiod does not hot-reload the switch from its
+// ReasonSelfSignedSwitch is the restart reason of the migration: istiod does not hot-reload the switch from its
 // self-signed CA to cacerts, so the migration's trust phase restarts it.
 const ReasonSelfSignedSwitch = "self-signed-switch"
 

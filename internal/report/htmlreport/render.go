@@ -20,7 +20,7 @@ var pageCSS string
 
 var page = template.Must(template.New("report").Funcs(template.FuncMap{
 	"when":     when,
-	"whenp":    func(t *time.Time) string { return whenPtr(t) },
+	"whenp":    whenPtr,
 	"dur":      duration,
 	"statuses": statuses,
 	"kinds":    kinds,

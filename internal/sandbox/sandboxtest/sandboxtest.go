@@ -17,12 +17,12 @@ import (
 	"github.com/meshca/meshca/internal/sandbox/cluster"
 )
 
-// AgentEnv, when set to "real" or "simulated", chooses what backs the envoy
+// AgentEnv is the variable that, set to "real" or "simulated", chooses what backs the envoy
 // pods of every sandbox a test starts without choosing (Options.Agent), so
 // the same scenario tests run against the real pilot-agent.
 const AgentEnv = "MESHCA_SANDBOX_AGENT"
 
-// SidecarsEnv, when set to a number, adds that many sidecar workloads
+// SidecarsEnv is the variable that, set to a number, adds that many sidecar workloads
 // injected by istiod (Options.Sidecars) to every sandbox a test starts
 // without any, so the same scenario tests cover the sidecar path.
 const SidecarsEnv = "MESHCA_SANDBOX_SIDECARS"
