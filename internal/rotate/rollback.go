@@ -59,19 +59,7 @@ func (e *Engine) rollback(ctx context.Context, c *Cluster) error {
 		return fmt.Errorf("refusing to roll back: the old root is retired and %s trust only the new root %.12s; restoring secret %s would make them reject every certificate istiod issues. To return to the old CA, rotate to it: meshca rotate --ca-dir <old bundle> (a new three-phase rotation)",
 			who, st.record.NewRoot, st.record.BackupSecret)
 	case PhaseIssue:
-		// Step back to the old signer while both roots are trusted.
-		next, err := st.pending()
-		if err != nil {
-			return err
-		}
-		back, err := bundle.Build(bundle.PhaseTrust, backup, next, e.opts.Now())
-		if err != nil {
-			return err
-		}
-		if err := e.rollbackTo(ctx, st, back, PhaseTrust); err != nil {
-			return err
-		}
-		if st, err = e.load(ctx, c, false); err != nil {
+		if st, err = e.stepBack(ctx, st, backup); err != nil {
 			return err
 		}
 		fallthrough
@@ -111,6 +99,24 @@ func (e *Engine) rollback(ctx context.Context, c *Cluster) error {
 	e.emit(Event{Kind: EventRolledBack, Cluster: c.Name, Object: c.Namespace + "/" + st.record.BackupSecret,
 		Detail: fmt.Sprintf("✓ rolled back: cacerts equals secret %s/%s byte for byte", c.Namespace, st.record.BackupSecret)})
 	return nil
+}
+
+// stepBack returns a cluster in the issue phase to the old signer (of
+// old, the backed-up bundle) while both roots stay trusted, and reads the
+// state again.
+func (e *Engine) stepBack(ctx context.Context, st *state, old *bundle.Bundle) (*state, error) {
+	next, err := st.pending()
+	if err != nil {
+		return nil, err
+	}
+	back, err := bundle.Build(bundle.PhaseTrust, old, next, e.opts.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := e.rollbackTo(ctx, st, back, PhaseTrust); err != nil {
+		return nil, err
+	}
+	return e.load(ctx, st.c, false)
 }
 
 // forgetNext deletes Secret NextSecret once the rotation no longer needs it

@@ -199,18 +199,7 @@ func (e *Engine) rollbackMigration(ctx context.Context, st *state) error {
 		if err != nil {
 			return err
 		}
-		next, err := st.pending()
-		if err != nil {
-			return err
-		}
-		back, err := bundle.Build(bundle.PhaseTrust, self, next, e.opts.Now())
-		if err != nil {
-			return err
-		}
-		if err := e.rollbackTo(ctx, st, back, PhaseTrust); err != nil {
-			return err
-		}
-		if st, err = e.load(ctx, c, false); err != nil {
+		if st, err = e.stepBack(ctx, st, self); err != nil {
 			return err
 		}
 		fallthrough
