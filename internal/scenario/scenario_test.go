@@ -167,7 +167,7 @@ func assertSidecars(t *testing.T, rows []row, noPCDS bool) {
 	for _, r := range rows {
 		handshakes += r.s.ByPairKind["sidecar->sidecar"].Handshakes
 		admissions += r.s.Admissions
-		restarts += int64(r.s.Restarts["sidecar"])
+		restarts += r.s.Restarts["sidecar"]
 	}
 	t.Logf("sidecars: %d sidecar->sidecar handshakes, %d admission checks, %d sidecar restarts", handshakes, admissions, restarts)
 	if handshakes == 0 || admissions == 0 {
