@@ -65,6 +65,11 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 	if missing := (cluster.Config{BinDir: opts.BinDir}).Missing(); len(missing) > 0 {
 		return nil, fmt.Errorf("sandbox: control-plane binaries missing (%v): build them with `make controlplane` (about 9 minutes the first time)", missing)
 	}
+	if agent := filepath.Join(opts.BinDir, "pilot-agent"); opts.Agent == AgentReal {
+		if st, err := os.Stat(agent); err != nil || st.Mode()&0o111 == 0 {
+			return nil, fmt.Errorf("sandbox: --agent real needs %s (the real istio-agent): build it with `make controlplane`, or run the simulated agent with --agent simulated", agent)
+		}
+	}
 	opts.istiodVersion = IstiodVersion(opts.BinDir)
 	switch opts.CA {
 	case CASelfSigned:
