@@ -11,9 +11,11 @@ SANDBOX   ?= $(CURDIR)/.sandbox
 
 all: build
 
-## build: the meshca binary in bin/
+## build: the meshca binary in bin/, and the sandbox's envoy stand-in (the
+## binary the real pilot-agent starts as its envoy)
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/meshca ./cmd/meshca
+	$(GO) build -o $(BIN)/envoystub ./internal/sandbox/envoystub
 
 ## controlplane: etcd, kube-*, kwok and istiod from tools/ (cold: ~9 min, cached after)
 controlplane:
