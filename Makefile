@@ -22,7 +22,7 @@ controlplane:
 	hack/controlplane.sh
 
 ## test: vet + every test, integration tests included (they run on the sandbox)
-test: controlplane vet
+test: controlplane build vet
 	CI=$${CI:-true} MESHCA_BIN_DIR=$(BIN) $(GO) test -count=1 -timeout 60m ./...
 
 ## unit: tests that need no control plane (integration tests skip themselves)
