@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # meshca's demo (make demo): on the sandbox — a real kube-apiserver, kwok
-# nodes, a real istiod, the real pilot-agent behind every envoy pod (waypoints,
-# gateway, two sidecars injected by istiod's webhook) and simulated ztunnels,
-# under mTLS probe traffic — first show the problem (the field note's one-step rotation fails
+# nodes and a real istiod with a simulated ambient data plane under mTLS probe
+# traffic (sandbox up --agent real runs the real pilot-agent behind the envoy
+# pods instead; it is opt-in while issue 8 is open) — first show the problem (the field note's one-step rotation fails
 # handshakes), then rotate a fresh mesh's CA in three proven phases and end
 # with the probe's handshake count and the fleet summary.
 #
@@ -29,7 +29,7 @@ start_sandbox() {
 	rm -rf "$dir"
 	# A 10 s grace period instead of the charts' 30 s keeps the demo short:
 	# a restarted ztunnel closes what it still holds after 9 s, not 25 s.
-	run "$meshca" sandbox up --dir "$dir" --nodes "$nodes" --workloads $((nodes * 2)) --sidecars 2 --grace-period 10s --detach
+	run "$meshca" sandbox up --dir "$dir" --nodes "$nodes" --workloads $((nodes * 2)) --grace-period 10s --detach
 }
 kc="$dir/kubeconfig"
 

@@ -82,10 +82,11 @@ type Options struct {
 	// the webhook and istiod's injection templates.
 	Sidecars int
 	// Agent is what backs the envoy pods (waypoints, gateway, sidecars):
-	// AgentReal (the default) runs the real pilot-agent with the envoy
-	// stand-in behind it; AgentSimulated the in-process simulated
-	// istio-agent (kept for comparison and for machines without the
-	// pilot-agent binary).
+	// AgentReal runs the real pilot-agent with the envoy stand-in behind
+	// it; AgentSimulated (the default) the in-process simulated
+	// istio-agent. The real agent is opt-in while one of its behaviours is
+	// open: in some retire phases one envoy kept the retired root in ROOTCA
+	// for minutes (issue 8).
 	Agent string
 	// RootCertVolumeDelay is how long after istiod rewrites a namespace's
 	// istio-ca-root-cert the file mounted into a real agent's pod changes,
@@ -159,13 +160,16 @@ func (o *Options) defaults() error {
 	}
 	switch o.Agent {
 	case "":
-		o.Agent = AgentReal
+		o.Agent = AgentSimulated
 	case AgentSimulated, AgentReal:
 	default:
 		return fmt.Errorf("sandbox: --agent %q: use %s (pilot-agent built from the istio pin, with the envoy stand-in) or %s", o.Agent, AgentReal, AgentSimulated)
 	}
 	if o.Sidecars < 0 {
 		return errors.New("sandbox: --sidecars must not be negative")
+	}
+	if o.Sidecars > 0 && o.Agent != AgentReal {
+		return errors.New("sandbox: --sidecars needs --agent real: the istio-proxy istiod injects runs as the real pilot-agent")
 	}
 	if o.RootCertVolumeDelay == 0 {
 		o.RootCertVolumeDelay = DefaultRootCertVolumeDelay

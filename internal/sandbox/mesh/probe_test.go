@@ -509,8 +509,10 @@ func TestProbeSnapshotJSONAndReset(t *testing.T) {
 			map[string]any{"time": ts, "type": "refused", "pair": key, "pairKind": "ztunnel->waypoint", "reason": "no live proxy for waypoint/ns/waypoint (restart gap)"},
 			map[string]any{"time": ts, "type": "issuance", "proxy": "ztunnel/node-1", "reason": "spiffe://cluster.local/ns/a/sa/b: rpc error: unknown authority"},
 		},
-		"eventsDropped": 0.0,
-		"since":         ts,
+		"eventsDropped":     0.0,
+		"since":             ts,
+		"admissions":        0.0,
+		"admissionFailures": 0.0,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("snapshot JSON (-want +got):\n%s", diff)
