@@ -154,9 +154,9 @@ type state struct {
 	// the target: a run starts a new rotation; why says how it differs.
 	start bool
 	why   string
-	// prevRecordRV is the resourceVersion of a record that a new rotation
-	// replaces.
-	prevRecordRV string
+	// prev is the record of the finished (or rolled-back) rotation that a
+	// new one replaces; nil when there was none.
+	prev *Record
 	// selfSigned is set when there is no cacerts and cur was read from
 	// istiod's istio-ca-secret (a migration, or one rolled back).
 	selfSigned bool
@@ -207,7 +207,7 @@ func (e *Engine) load(ctx context.Context, c *Cluster, create bool) (*state, err
 			return st, nil
 		}
 		if st.record != nil {
-			st.prevRecordRV = st.record.resourceVersion
+			st.prev = st.record
 			st.record = nil
 		}
 		if err := e.begin(ctx, st); err != nil {
@@ -393,10 +393,9 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 	if err := checkNewCA(st.c, e.opts.Root, now); err != nil {
 		return err
 	}
-	last, err := st.s.readRecord(ctx)
-	if err != nil {
-		return err
-	}
+	// The record load read: begin runs under the rotation lock, so it has
+	// not changed since.
+	last := st.prev
 	from, backup := CACertsSecret, st.s.backup
 	if st.selfSigned {
 		from, backup = mesh.SelfSignedSecret, func(ctx context.Context, _ *bundle.Bundle, last *Record, now time.Time) (string, string, error) {
@@ -447,7 +446,7 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 		NewRoot:   pki.Fingerprint(newRoot), NewSigner: pki.Fingerprint(newP.Signer),
 		BackupSecret: name, Started: now.UTC(),
 		From:            migrationFrom(st.selfSigned),
-		resourceVersion: st.prevRecordRV,
+		resourceVersion: prevRV(st.prev),
 	}
 	if err := st.s.writeRecord(ctx, st.record); err != nil {
 		return err
@@ -459,6 +458,15 @@ func (e *Engine) begin(ctx context.Context, st *state) error {
 	e.emit(Event{Kind: EventRecorded, Cluster: st.c.Name, Object: st.c.Namespace + "/" + RecordName,
 		NewRoot: st.record.NewRoot, NewSigner: st.record.NewSigner, Detail: detail})
 	return nil
+}
+
+// prevRV is the resourceVersion of the record a new rotation replaces ("":
+// none, the record is created).
+func prevRV(r *Record) string {
+	if r == nil {
+		return ""
+	}
+	return r.resourceVersion
 }
 
 // underRoot reports whether b's signer chains to root at now.
