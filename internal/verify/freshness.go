@@ -41,11 +41,28 @@ const (
 	FreshnessExpiring Freshness = "expiring"
 )
 
+// IstiodBackdate is how far before the moment it signs istiod dates a
+// workload certificate's NotBefore, against clock skew
+// (ClockSkewGracePeriod in istio's security/pkg/pki/util/generate_cert.go):
+// a leaf requested for SECRET_TTL spans SECRET_TTL + 2 minutes.
+const IstiodBackdate = 2 * time.Minute
+
 // RefreshDeadline is when the proxy holding leaf c should have replaced it:
-// half its lifetime plus RefreshMargin of it after NotBefore.
+// half its lifetime plus RefreshMargin of it after it was issued. The
+// lifetime counts from issuance, not from NotBefore: istio-agent schedules
+// the renewal from when it received the certificate (its rotateTime), and
+// istiod backdates NotBefore by IstiodBackdate, which with a short
+// SECRET_TTL would move the deadline before the proxy's renewal (a 2-minute
+// leaf: 24 s after issuance instead of 72 s). A leaf spanning at least
+// twice IstiodBackdate is taken to be backdated; a CA that does not
+// backdate gets that much more time, never less.
 func RefreshDeadline(c *x509.Certificate) time.Time {
-	life := c.NotAfter.Sub(c.NotBefore)
-	return c.NotBefore.Add(time.Duration(float64(life) * (0.5 + RefreshMargin)))
+	issued := c.NotBefore
+	if c.NotAfter.Sub(c.NotBefore) >= 2*IstiodBackdate {
+		issued = issued.Add(IstiodBackdate)
+	}
+	ttl := c.NotAfter.Sub(issued)
+	return issued.Add(time.Duration(float64(ttl) * (0.5 + RefreshMargin)))
 }
 
 // FreshnessOf classifies certificate c at now. A leaf is checked against its

@@ -53,6 +53,17 @@ func TestRefreshDeadline(t *testing.T) {
 	if got, want := RefreshDeadline(c), pkitest.Now.Add(72*time.Second); !got.Equal(want) {
 		t.Errorf("RefreshDeadline() of a 2m leaf = %s, want %s (60%% of its lifetime)", got, want)
 	}
+	// What istiod signs for SECRET_TTL=2m at pkitest.Now: NotBefore two
+	// minutes earlier. The agent renews it 60 s after receiving it; the
+	// deadline is 60% of the 2 minutes it was issued for, not 60% of the
+	// 4 minutes between NotBefore and NotAfter (24 s after issuance).
+	issued := &x509.Certificate{NotBefore: pkitest.Now.Add(-IstiodBackdate), NotAfter: pkitest.Now.Add(2 * time.Minute)}
+	if got, want := RefreshDeadline(issued), pkitest.Now.Add(72*time.Second); !got.Equal(want) {
+		t.Errorf("RefreshDeadline() of a 2m leaf from istiod = %s, want %s (60%% of its TTL after issuance)", got, want)
+	}
+	if FreshnessOf(issued, true, pkitest.Now.Add(60*time.Second), 0) != FreshnessOK {
+		t.Error("a 2m leaf from istiod, 60 s after issuance (when the agent renews it), is not fresh")
+	}
 }
 
 // TestCheckFreshness runs the proxy checks with an injected clock: leafs
