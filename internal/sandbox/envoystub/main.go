@@ -17,6 +17,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -87,6 +88,9 @@ func configPath(args []string) string {
 type bootstrap struct {
 	node      *corev3.Node
 	adminAddr string
+	// statsAddr is the prometheus stats listener; empty when the bootstrap
+	// has none.
+	statsAddr string
 	sdsPath   string
 	xdsPath   string
 	// xdsAPI is ads_config.api_type: GRPC or DELTA_GRPC.
@@ -118,7 +122,8 @@ func readBootstrap(path string) (*bootstrap, error) {
 			} `json:"ads_config"`
 		} `json:"dynamic_resources"`
 		StaticResources struct {
-			Clusters []struct {
+			Listeners []json.RawMessage `json:"listeners"`
+			Clusters  []struct {
 				Name           string `json:"name"`
 				LoadAssignment struct {
 					Endpoints []struct {
@@ -166,6 +171,24 @@ func readBootstrap(path string) (*bootstrap, error) {
 					b.xdsPath = le.Endpoint.Address.Pipe.Path
 				}
 			}
+		}
+	}
+	// The listener istio's bootstrap routes to its prometheus_stats cluster
+	// (envoy's admin /stats/prometheus) on ENVOY_PROMETHEUS_PORT: the port
+	// pilot-agent scrapes to merge envoy's stats into its own.
+	for _, l := range raw.StaticResources.Listeners {
+		if !bytes.Contains(l, []byte(`"prometheus_stats"`)) {
+			continue
+		}
+		var addr struct {
+			Address struct {
+				SocketAddress struct {
+					PortValue int `json:"port_value"`
+				} `json:"socket_address"`
+			} `json:"address"`
+		}
+		if err := json.Unmarshal(l, &addr); err == nil && addr.Address.SocketAddress.PortValue != 0 {
+			b.statsAddr = fmt.Sprintf("127.0.0.1:%d", addr.Address.SocketAddress.PortValue)
 		}
 	}
 	if b.sdsPath == "" || b.xdsPath == "" {

@@ -22,8 +22,10 @@ type stub struct {
 	log  *slog.Logger
 	sds  *mesh.SDSWatch
 	srv  *http.Server
-	quit chan struct{}
-	once sync.Once
+	// statsSrv serves the bootstrap's prometheus stats listener.
+	statsSrv *http.Server
+	quit     chan struct{}
+	once     sync.Once
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -54,6 +56,20 @@ func (s *stub) start(ctx context.Context) error {
 			s.log.Error("admin server", "err", err)
 		}
 	}()
+	if s.boot.statsAddr != "" {
+		sl, err := net.Listen("tcp", s.boot.statsAddr)
+		if err != nil {
+			return fmt.Errorf("prometheus stats listener %s: %w", s.boot.statsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/stats/prometheus", s.statsPrometheus)
+		s.statsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := s.statsSrv.Serve(sl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("prometheus stats listener", "err", err)
+			}
+		}()
+	}
 	if err := s.sds.Start(); err != nil {
 		return err
 	}
@@ -75,6 +91,9 @@ func (s *stub) close() {
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = s.srv.Shutdown(sctx)
+	if s.statsSrv != nil {
+		_ = s.statsSrv.Shutdown(sctx)
+	}
 }
 
 func (s *stub) mux() *http.ServeMux {
@@ -97,6 +116,7 @@ func (s *stub) mux() *http.ServeMux {
 		_, _ = fmt.Fprintln(w, state)
 	})
 	mux.HandleFunc("/stats", s.stats)
+	mux.HandleFunc("/stats/prometheus", s.statsPrometheus)
 	mux.HandleFunc("/server_info", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = fmt.Fprintf(w, "{\"version\": %q, \"state\": %q}\n", label, s.state())
@@ -143,23 +163,49 @@ func (s *stub) initialized() bool {
 // stats answers GET /stats with the counters the agent's readiness probe
 // reads (server.state: 0 LIVE, 1 DRAINING, 3 INITIALIZING), filtered by the
 // filter regexp as envoy does.
-func (s *stub) stats(w http.ResponseWriter, r *http.Request) {
+// statLine is one of the stats the stand-in keeps, by envoy's name.
+type statLine struct {
+	name  string
+	gauge bool
+	v     uint64
+}
+
+func (s *stub) statLines() []statLine {
 	state := map[string]int{"LIVE": 0, "DRAINING": 1, "INITIALIZING": 3}[s.state()]
 	workers := 0
 	if s.initialized() {
 		workers = 1
 	}
-	lines := []struct {
-		name string
-		v    uint64
-	}{
-		{"cluster_manager.cds.update_rejected", 0},
-		{"cluster_manager.cds.update_success", s.cdsSuccess.Load()},
-		{"listener_manager.lds.update_rejected", 0},
-		{"listener_manager.lds.update_success", s.ldsSuccess.Load()},
-		{"listener_manager.workers_started", uint64(workers)},
-		{"server.state", uint64(state)},
+	return []statLine{
+		{"cluster_manager.cds.update_rejected", false, 0},
+		{"cluster_manager.cds.update_success", false, s.cdsSuccess.Load()},
+		{"listener_manager.lds.update_rejected", false, 0},
+		{"listener_manager.lds.update_success", false, s.ldsSuccess.Load()},
+		{"listener_manager.workers_started", true, uint64(workers)},
+		{"server.state", true, uint64(state)},
 	}
+}
+
+// statsPrometheus is /stats/prometheus, on the admin port and on the
+// bootstrap's prometheus stats listener: the same stats in the Prometheus
+// text format with envoy's envoy_ prefix, which pilot-agent merges into its
+// own /stats/prometheus.
+func (s *stub) statsPrometheus(w http.ResponseWriter, _ *http.Request) {
+	var b strings.Builder
+	for _, l := range s.statLines() {
+		name := "envoy_" + strings.ReplaceAll(l.name, ".", "_")
+		typ := "counter"
+		if l.gauge {
+			typ = "gauge"
+		}
+		fmt.Fprintf(&b, "# TYPE %s %s\n%s{} %d\n", name, typ, name, l.v)
+	}
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+	_, _ = w.Write([]byte(b.String()))
+}
+
+func (s *stub) stats(w http.ResponseWriter, r *http.Request) {
+	lines := s.statLines()
 	var re *regexp.Regexp
 	if f := r.URL.Query().Get("filter"); f != "" {
 		var err error
