@@ -65,6 +65,10 @@ type agentPod struct {
 	cancel context.CancelFunc
 	// rootMu serialises the updates of the mounted root-cert.pem.
 	rootMu sync.Mutex
+	// identity is the pod's SPIFFE identity; csr follows the agent's
+	// failed-CSR counter for the probe.
+	identity string
+	csr      csrWatch
 }
 
 // cleanup stops the process of a pod that failed to start and removes the
@@ -197,6 +201,8 @@ func (d *dataPlane) startRealAgent(ctx context.Context, pod *corev1.Pod, kind po
 	go d.refreshToken(pctx, ap, pod.Namespace, sa)
 	target := string(mk) + "/" + pod.Namespace + "/" + workloadOf(pod)
 	p := &proxyPod{kind: mk, pod: key, ns: pod.Namespace, target: target, started: time.Now(), grace: grace, e: e, agent: ap}
+	ap.identity = mesh.Identity{TrustDomain: TrustDomain, Namespace: pod.Namespace, ServiceAccount: sa}.String()
+	go d.watchAgentCSRs(pctx, p, ap.identity)
 	d.add(p, mesh.Endpoint{Kind: mk, Name: pod.Namespace + "/" + workloadOf(pod), Node: pod.Spec.NodeName})
 	d.r.opts.Logf("%s %s: %s (pid %d, status port %d) with %s (admin port %d)", kind, key, agentLabel, ap.proc.Pid(), ap.statusPort, envoyLabel, ap.adminPort)
 	d.r.watchReady(pod, p)

@@ -281,6 +281,12 @@ func (s *Sandbox) Probe() mesh.Snapshot {
 	if s.probe == nil {
 		return mesh.Snapshot{}
 	}
+	// Real agents count their failed CSRs themselves: read them now.
+	for _, m := range s.members {
+		if m.rt != nil {
+			m.rt.data.syncAgentCSRs(context.Background())
+		}
+	}
 	return s.probe.Snapshot()
 }
 
