@@ -14,6 +14,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
@@ -27,6 +30,14 @@ const (
 	// injectorWebhook ends in "sidecar-injector.istio.io", the suffix
 	// istiod's webhook patcher looks for when it writes the caBundle.
 	injectorWebhook = "namespace.sidecar-injector.istio.io"
+	// ValidatorName is istiod's ValidatingWebhookConfiguration for the
+	// default revision in istio-system.
+	ValidatorName = "istio-validator-istio-system"
+	// validatorWebhook is the chart's per-revision validation webhook.
+	validatorWebhook = "rev.validation.istio.io"
+	// alwaysRejectAnnotation makes istiod's validation deny an object
+	// whatever it holds (istio's constants.AlwaysReject).
+	alwaysRejectAnnotation = "internal.istio.io/webhook-always-reject"
 	// SidecarNamespace holds the sidecar workloads of `sandbox up
 	// --sidecars N`; it carries istio-injection=enabled.
 	SidecarNamespace = "sidecars"
@@ -151,6 +162,39 @@ func (r *runtime) installInjection(ctx context.Context, c kubernetes.Interface) 
 	if _, err := c.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, wh, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create mutatingwebhookconfiguration %s: %w", InjectorName, err)
 	}
+	return r.installValidation(ctx, c)
+}
+
+// installValidation registers istiod's config validation webhook as the
+// istiod chart does (templates/validatingwebhookconfiguration.yaml): fail
+// open, no caBundle. istiod's validation controller patches the caBundle
+// into every configuration labelled with its revision and switches it to
+// fail closed once a dry run of an invalid Gateway is denied through it.
+func (r *runtime) installValidation(ctx context.Context, c kubernetes.Interface) error {
+	url := fmt.Sprintf("https://%s:%d/validate", injectorHost, r.hooks.port())
+	vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: ValidatorName, Labels: map[string]string{"istio.io/rev": "default", "app": "istiod", "istio": "istiod"}},
+		Webhooks: []admissionregistrationv1.ValidatingWebhook{{
+			Name:         validatorWebhook,
+			ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url},
+			Rules: []admissionregistrationv1.RuleWithOperations{{
+				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create, admissionregistrationv1.Update},
+				Rule: admissionregistrationv1.Rule{
+					APIGroups:   []string{"security.istio.io", "networking.istio.io", "telemetry.istio.io", "extensions.istio.io"},
+					APIVersions: []string{"*"}, Resources: []string{"*"},
+				},
+			}},
+			FailurePolicy:           ptr.To(admissionregistrationv1.Ignore),
+			SideEffects:             ptr.To(admissionregistrationv1.SideEffectClassNone),
+			AdmissionReviewVersions: []string{"v1"},
+			ObjectSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{
+				{Key: "istio.io/rev", Operator: metav1.LabelSelectorOpIn, Values: []string{"default"}},
+			}},
+		}},
+	}
+	if _, err := c.AdmissionregistrationV1().ValidatingWebhookConfigurations().Create(ctx, vwc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create validatingwebhookconfiguration %s: %w", ValidatorName, err)
+	}
 	return nil
 }
 
@@ -180,17 +224,63 @@ func installSidecars(ctx context.Context, c kubernetes.Interface, n int, grace t
 	return nil
 }
 
-// admissionInterval is how often the admission check creates its
-// throwaway injected pod.
+// admissionInterval is how often the admission check sends its throwaway
+// objects.
 const admissionInterval = 2 * time.Second
 
-// checkAdmission creates a throwaway pod in SidecarNamespace every
-// admissionInterval, as a dry run (admitted through every webhook, stored
-// nowhere), and tells the sink whether the API server admitted it with the
-// istio-proxy container injected. A stale caBundle after a rotation's retire
-// would make exactly these creations fail. Counting starts once istiod
-// has patched the webhook and a first pod was admitted.
+// gatewayResource is istio's Gateway, the kind istiod's validation
+// controller sends through its own webhook to prove it answers.
+var gatewayResource = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "gateways"}
+
+// checkAdmission sends two throwaway objects through istiod's webhooks every
+// admissionInterval, as dry runs (admitted through every webhook, stored
+// nowhere), and tells the sink the result of each:
+//   - a pod in SidecarNamespace, which must come back with the istio-proxy
+//     container injected;
+//   - an invalid Gateway (no servers, istio's always-reject annotation, the
+//     revision label), which istiod's validation webhook must deny. An
+//     invalid object admitted means the API server could not reach the
+//     webhook and failed open.
+//
+// A stale caBundle after a rotation's retire would make exactly these fail.
+// Each check counts once it has passed a first time: istiod patches the
+// caBundles a moment after it starts.
 func (r *runtime) checkAdmission(ctx context.Context) {
+	dyn, err := dynamic.NewForConfig(r.cluster.RESTConfig())
+	if err != nil {
+		r.opts.Logf("admission check: %v", err)
+		return
+	}
+	checks := []func(context.Context) error{r.checkInjection, func(ctx context.Context) error { return checkValidation(ctx, dyn) }}
+	counting := make([]bool, len(checks))
+	t := time.NewTicker(admissionInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for i, check := range checks {
+			cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			err := check(cctx)
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			if !counting[i] {
+				if counting[i] = err == nil; !counting[i] {
+					continue
+				}
+			}
+			r.data.admissionChecked(err)
+		}
+	}
+}
+
+// checkInjection creates a pod in SidecarNamespace (dry run) and checks that
+// istiod's injection webhook added the istio-proxy container.
+func (r *runtime) checkInjection(ctx context.Context) error {
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: "admission-check-", Namespace: SidecarNamespace},
 		Spec: corev1.PodSpec{
@@ -198,32 +288,35 @@ func (r *runtime) checkAdmission(ctx context.Context) {
 			Tolerations: []corev1.Toleration{{Operator: corev1.TolerationOpExists}},
 		},
 	}
-	t := time.NewTicker(admissionInterval)
-	defer t.Stop()
-	counting := false
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-		got, err := r.client.CoreV1().Pods(SidecarNamespace).Create(cctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if err == nil && !hasContainer(got, proxyContainer) {
-			err = fmt.Errorf("pod %s/%s admitted without %s: istiod's injection webhook did not run", SidecarNamespace, got.Name, proxyContainer)
-		} else if err != nil {
-			err = fmt.Errorf("create pod in %s (dry run) through the injection webhook: %w", SidecarNamespace, err)
-		}
-		if !counting {
-			counting = err == nil
-			if !counting {
-				continue
-			}
-		}
-		r.data.admissionChecked(err)
+	got, err := r.client.CoreV1().Pods(SidecarNamespace).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	if err != nil {
+		return fmt.Errorf("create pod in %s (dry run) through the injection webhook: %w", SidecarNamespace, err)
+	}
+	if !hasContainer(got, proxyContainer) {
+		return fmt.Errorf("pod %s/%s admitted without %s: istiod's injection webhook did not run", SidecarNamespace, got.Name, proxyContainer)
+	}
+	return nil
+}
+
+// checkValidation creates an invalid Gateway (dry run) and checks that
+// istiod's validation webhook denied it.
+func checkValidation(ctx context.Context, dyn dynamic.Interface) error {
+	gw := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+		"metadata": map[string]any{
+			"generateName": "admission-check-", "namespace": SidecarNamespace,
+			"labels":      map[string]any{"istio.io/rev": "default"},
+			"annotations": map[string]any{alwaysRejectAnnotation: "true"},
+		},
+		"spec": map[string]any{},
+	}}
+	_, err := dyn.Resource(gatewayResource).Namespace(SidecarNamespace).Create(ctx, gw, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+	switch {
+	case err == nil:
+		return fmt.Errorf("invalid gateway in %s admitted (dry run): the API server did not reach istiod's validation webhook %s and failed open", SidecarNamespace, ValidatorName)
+	case strings.Contains(err.Error(), "denied the request"):
+		return nil
+	default:
+		return fmt.Errorf("create gateway in %s (dry run) through the validation webhook: %w", SidecarNamespace, err)
 	}
 }

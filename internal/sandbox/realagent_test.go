@@ -6,11 +6,13 @@ import (
 	"testing"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/sandbox"
+	"github.com/meshca/meshca/internal/sandbox/mesh"
 )
 
 // TestRealAgentBacksEnvoyPods: with Agent real, every envoy pod (waypoints,
@@ -138,6 +140,19 @@ func TestSidecarsInjectedByIstiod(t *testing.T) {
 			t.Errorf("pod %s carries no sidecar.istio.io/status: not injected by istiod", p.Name)
 		}
 	}
+	// istiod's validation controller patched its caBundle into the
+	// validating webhook the sandbox registered fail-open, and switched it
+	// to fail closed once a dry run of an invalid Gateway was denied.
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		vwc, err := s.Client().AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, sandbox.ValidatorName, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		wh := vwc.Webhooks[0]
+		return len(wh.ClientConfig.CABundle) > 0 && wh.FailurePolicy != nil && *wh.FailurePolicy == admissionregistrationv1.Fail, nil
+	}); err != nil {
+		t.Fatalf("istiod did not patch validatingwebhookconfiguration %s (caBundle, failurePolicy Fail): %v", sandbox.ValidatorName, err)
+	}
 	// The three phases by hand (PCDS live: only ztunnel restarts), while the
 	// admission check keeps creating injected pods through the webhook
 	// whose caBundle istiod re-patches at every reload.
@@ -185,6 +200,73 @@ func TestSidecarsInjectedByIstiod(t *testing.T) {
 		t.Errorf("probe with injected sidecars: %d of %d failed, %d sidecar->sidecar", snap.Failures, snap.Handshakes, side.Handshakes)
 	}
 	if snap.AdmissionFailures != 0 {
-		t.Errorf("%d of %d injected pod creations refused during the rotation: %+v", snap.AdmissionFailures, snap.Admissions, snap.Events)
+		t.Errorf("%d of %d admission checks failed during the rotation: %+v", snap.AdmissionFailures, snap.Admissions, snap.Events)
 	}
+	assertStaleCABundleCounted(t, s, k.current.RootCert)
+}
+
+// assertStaleCABundleCounted is the negative case of the admission check:
+// a webhook configuration that istiod does not patch (as one a GitOps tool
+// owns would be), calling istiod's injection endpoint with a caBundle that
+// holds only staleRoot, the root retired by the rotation. Every pod
+// creation in the injected namespace must now fail, and the check must
+// count it, with the API server's certificate error as the reason. Once
+// it is gone, the checks pass again.
+func assertStaleCABundleCounted(t *testing.T, s *sandbox.Sandbox, staleRoot []byte) {
+	t.Helper()
+	ctx := context.Background()
+	live, err := s.Client().AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, sandbox.InjectorName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := &admissionregistrationv1.MutatingWebhookConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "stale-injector"}}
+	wh := *live.Webhooks[0].DeepCopy()
+	wh.Name = "stale.injector.example.com"
+	// The API server keys its webhook clients by caBundle bytes (not by
+	// configuration) and keeps their connections alive: a configuration
+	// holding exactly the bytes istiod patched in before the rotation would
+	// reuse a connection opened under the old serving certificate and pass
+	// until it closes. The root as a GitOps repository would hold it, with
+	// a comment, is a new client and a new handshake.
+	wh.ClientConfig.CABundle = append([]byte("# istiod root, installed with the chart\n"), staleRoot...)
+	stale.Webhooks = []admissionregistrationv1.MutatingWebhook{wh}
+	before, t0 := s.Probe(), time.Now()
+	if _, err := s.Client().AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, stale, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var reason string
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		snap := s.Probe()
+		for _, e := range snap.Events {
+			if e.Type == mesh.EventAdmission && e.Time.After(t0) && strings.Contains(e.Reason, "stale.injector.example.com") {
+				reason = e.Reason
+			}
+		}
+		return snap.AdmissionFailures > before.AdmissionFailures && reason != "", nil
+	}); err != nil {
+		t.Fatalf("a webhook whose caBundle holds only the retired root was not counted as an admission failure: %+v", s.Probe())
+	}
+	t.Logf("stale caBundle counted: %s", reason)
+	if !strings.Contains(reason, "x509") && !strings.Contains(reason, "certificate") {
+		t.Errorf("admission failure with a stale caBundle does not name the certificate error: %s", reason)
+	}
+	if err := s.Client().AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(ctx, stale.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The API server's webhook cache lets a failure or two through after
+	// the delete; after that, the checks pass again.
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		failures := s.Probe().AdmissionFailures
+		return waitChecks(ctx, s, 4) && s.Probe().AdmissionFailures == failures, nil
+	}); err != nil {
+		t.Fatalf("admission checks still fail after the stale webhook was deleted: %+v", s.Probe())
+	}
+}
+
+// waitChecks waits until n more admission checks have run.
+func waitChecks(ctx context.Context, s *sandbox.Sandbox, n int64) bool {
+	before := s.Probe().Admissions
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return s.Probe().Admissions >= before+n, nil
+	}) == nil
 }

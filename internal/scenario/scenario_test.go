@@ -152,7 +152,7 @@ func assertNoDisruption(t *testing.T, rows []row) {
 			t.Errorf("%s, %s: the probe made no handshake", r.scenario, r.phase)
 		}
 		if r.s.Failures != 0 || r.s.Refused != 0 || r.s.IssuanceFailures != 0 || r.s.AdmissionFailures != 0 {
-			t.Errorf("%s, %s: %d failed handshakes, %d refused, %d failed CSRs, %d injected pods refused at admission; want 0\n%s", r.scenario, r.phase,
+			t.Errorf("%s, %s: %d failed handshakes, %d refused, %d failed CSRs, %d failed admission checks; want 0\n%s", r.scenario, r.phase,
 				r.s.Failures, r.s.Refused, r.s.IssuanceFailures, r.s.AdmissionFailures, events(r.s))
 		}
 	}

@@ -277,7 +277,7 @@ func printProbe(env *cli.Env, snap *mesh.Snapshot) error {
 	_, _ = fmt.Fprintf(w, "since %s: %d handshakes, %d failed, %d refused; %d long-lived connections, %d reset; %d failed CSRs",
 		snap.Since.Format(time.RFC3339), snap.Handshakes, snap.Failures, snap.Refused, snap.Connections, snap.Resets, snap.IssuanceFailures)
 	if snap.Admissions > 0 {
-		_, _ = fmt.Fprintf(w, "; %d injected pods created, %d refused at admission", snap.Admissions, snap.AdmissionFailures)
+		_, _ = fmt.Fprintf(w, "; %d admission checks through istiod's webhooks, %d failed", snap.Admissions, snap.AdmissionFailures)
 	}
 	_, _ = fmt.Fprint(w, "\n\n")
 	t := report.NewTable(w, "PAIR KIND", "HANDSHAKES", "FAILED", "REFUSED", "LONG-LIVED", "RESETS")

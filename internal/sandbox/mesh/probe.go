@@ -169,7 +169,9 @@ type Snapshot struct {
 	Resets int64 `json:"resets"`
 	// Connections counts long-lived connections opened.
 	Connections int64 `json:"connections"`
-	// IssuanceFailures counts failed CSRs of the simulated proxies.
+	// IssuanceFailures counts failed CSRs: of the simulated proxies as
+	// they fail, of a real pilot-agent from its own counter
+	// (istio_agent_num_failed_outgoing_requests{request_type="csr"}).
 	IssuanceFailures int64 `json:"issuanceFailures"`
 	// Skipped counts pairs not attempted because an end held no
 	// certificate yet without having failed to get one (Initializing), or
@@ -182,10 +184,11 @@ type Snapshot struct {
 	RefusedByPair map[string]PairFailures `json:"refusedByPair"`
 	// ResetsByPair is keyed like FailuresByPair.
 	ResetsByPair map[string]PairResets `json:"resetsByPair"`
-	// Admissions counts the throwaway injected pods the admission check
-	// created (dry run) through istiod's injection webhook;
-	// AdmissionFailures those the API server refused (a webhook the API
-	// server could not call, e.g. a stale caBundle).
+	// Admissions counts the admission checks: throwaway objects created
+	// (dry run) through istiod's webhooks, an injected pod and an invalid
+	// Gateway its validation must deny; AdmissionFailures those the API
+	// server refused or let through unchecked (a webhook the API server
+	// could not call, e.g. a stale caBundle).
 	Admissions        int64 `json:"admissions"`
 	AdmissionFailures int64 `json:"admissionFailures"`
 	// IssuanceFailuresByProxy is keyed by proxy ("ztunnel/node-1").
@@ -324,8 +327,8 @@ func (p *Probe) IssuanceFailed(proxy, identity string, err error) {
 	p.eventLocked(Event{Type: EventIssuance, Proxy: proxy, Reason: reason})
 }
 
-// AdmissionChecked counts one creation of a throwaway injected pod: err is
-// nil when the API server admitted it.
+// AdmissionChecked counts one admission check: err is nil when the API
+// server admitted the object through istiod's webhook as it should.
 func (p *Probe) AdmissionChecked(err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
