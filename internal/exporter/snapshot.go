@@ -6,10 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/internal/mesh"
@@ -176,36 +173,17 @@ func configMapRoots(ctx context.Context, cs kubernetes.Interface) ([]*x509.Certi
 // whole root-cert.pem (facts §3): every mutating and validating webhook
 // whose service is an istiod in namespace.
 func webhookRoots(ctx context.Context, cs kubernetes.Interface, namespace string) ([]*x509.Certificate, error) {
-	type clientConfig struct {
-		where string
-		cc    admissionregistrationv1.WebhookClientConfig
-	}
-	var configs []clientConfig
-	mut, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
+	hooks, err := mesh.Webhooks(ctx, cs)
 	if err != nil {
-		return nil, fmt.Errorf("list mutatingwebhookconfigurations: %w", err)
-	}
-	for _, m := range mut.Items {
-		for i, w := range m.Webhooks {
-			configs = append(configs, clientConfig{fmt.Sprintf("mutatingwebhookconfiguration %s webhooks[%d]", m.Name, i), w.ClientConfig})
-		}
-	}
-	val, err := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list validatingwebhookconfigurations: %w", err)
-	}
-	for _, v := range val.Items {
-		for i, w := range v.Webhooks {
-			configs = append(configs, clientConfig{fmt.Sprintf("validatingwebhookconfiguration %s webhooks[%d]", v.Name, i), w.ClientConfig})
-		}
+		return nil, err
 	}
 	var out []*x509.Certificate
 	var errs []error
-	for _, c := range configs {
-		if !isIstiod(c.cc.Service, namespace) || len(c.cc.CABundle) == 0 {
+	for _, w := range hooks {
+		if !w.CallsIstiod(namespace) || len(w.CABundle) == 0 {
 			continue
 		}
-		certs, err := pki.ParseCertificates(c.where+" clientConfig.caBundle", c.cc.CABundle)
+		certs, err := pki.ParseCertificates(w.String()+" clientConfig.caBundle", w.CABundle)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -213,10 +191,4 @@ func webhookRoots(ctx context.Context, cs kubernetes.Interface, namespace string
 		out = append(out, certs...)
 	}
 	return out, errors.Join(errs...)
-}
-
-// isIstiod reports whether a webhook's service is istiod (istiod or
-// istiod-<revision>) in the Istio namespace.
-func isIstiod(s *admissionregistrationv1.ServiceReference, namespace string) bool {
-	return s != nil && s.Namespace == namespace && (s.Name == "istiod" || strings.HasPrefix(s.Name, "istiod-"))
 }

@@ -22,8 +22,9 @@ import (
 )
 
 // TestRetireRefusedWhileATrustSurfaceLags: before the old root is retired,
-// the injection webhook's caBundle must hold the new root, and every istiod
-// replica must serve from the new intermediate. Each is made to lag in
+// the injection webhook's caBundle must hold the new root, so must any other
+// webhook configuration that trusts the old root, and every istiod replica
+// must serve from the new intermediate. Each is made to lag in
 // turn; the retire is refused naming the object and the fix, nothing is
 // written, and once the lag is gone the rotation completes.
 func TestRetireRefusedWhileATrustSurfaceLags(t *testing.T) {
@@ -68,6 +69,58 @@ func TestRetireRefusedWhileATrustSurfaceLags(t *testing.T) {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("refusal does not name %q: %v", want, err)
 			}
+		}
+		if !tg.cacerts(t).Equal(before) {
+			t.Error("a refused retire changed cacerts")
+		}
+	})
+
+	t.Run("a webhook istiod does not patch, trusting only the old root", func(t *testing.T) {
+		// As a GitOps repository would keep it: a copy of the injector
+		// under another name, its caBundle pinned to the root of install
+		// time. istiod never updates it. Beside it, a webhook of some
+		// other server with its own CA, which the rotation must ignore
+		// (it stays until the end, where the rotation completes).
+		never := &metav1.LabelSelector{MatchLabels: map[string]string{"meshca.io/never": "true"}}
+		hook := func(name, hook string, caBundle []byte) *admissionregistrationv1.MutatingWebhookConfiguration {
+			return &admissionregistrationv1.MutatingWebhookConfiguration{
+				ObjectMeta: metav1.ObjectMeta{Name: name},
+				Webhooks: []admissionregistrationv1.MutatingWebhook{{
+					Name: hook,
+					ClientConfig: admissionregistrationv1.WebhookClientConfig{
+						Service:  &admissionregistrationv1.ServiceReference{Namespace: sandbox.IstioNamespace, Name: "istiod", Path: ptrTo("/inject")},
+						CABundle: caBundle,
+					},
+					NamespaceSelector: never, SideEffects: ptrTo(admissionregistrationv1.SideEffectClassNone), AdmissionReviewVersions: []string{"v1"},
+				}},
+			}
+		}
+		other, err := pki.NewRoot(pki.RootOptions{KeyType: pki.ECDSAP256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mwcs := s.Client().AdmissionregistrationV1().MutatingWebhookConfigurations()
+		if _, err := mwcs.Create(ctx, hook("other-ca-webhook", "mutate.other.example.com", pki.EncodeCert(other.Cert)), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		gitops := hook("gitops-injector", "inject.gitops.example.com", append([]byte("# istiod root at install time\n"), pki.EncodeCert(oldRoot)...))
+		if _, err := mwcs.Create(ctx, gitops, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = mwcs.Delete(ctx, gitops.Name, metav1.DeleteOptions{}) }()
+		before := tg.cacerts(t)
+		err = rotate.New([]*rotate.Cluster{tg.cluster}, options(root, bundle.PhaseRetire, &log)).Run(ctx)
+		if err == nil {
+			t.Fatalf("retire was not refused with a webhook that trusts only the old root\n%s", log.String())
+		}
+		t.Logf("refused: %v", err)
+		for _, want := range []string{"mutatingwebhookconfiguration gitops-injector", "inject.gitops.example.com", "istiod does not patch it", "istio-ca-root-cert"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("refusal does not name %q: %v", want, err)
+			}
+		}
+		if strings.Contains(err.Error(), "other-ca-webhook") {
+			t.Errorf("refusal names a webhook that does not trust the mesh CA: %v", err)
 		}
 		if !tg.cacerts(t).Equal(before) {
 			t.Error("a refused retire changed cacerts")

@@ -6,13 +6,10 @@ import (
 	"fmt"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/meshca/meshca/internal/bundle"
 	"github.com/meshca/meshca/internal/mesh"
-	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/rollout"
 )
 
@@ -98,18 +95,16 @@ func (e *Engine) restartIstiod(ctx context.Context, st *state, p Phase, reason s
 	return e.restart(ctx, st, p, reason, refs...)
 }
 
-// Names of the webhook configurations istiod patches with root-cert.pem.
-const (
-	injectorWebhook  = "istio-sidecar-injector"
-	validatorWebhook = "istio-validator-" // + revision and namespace, e.g. istio-validator-istio-system
-)
-
 // retireGates checks, before the old root is retired, the trust surfaces
 // that are not proxies: the caBundle of istiod's injection and validation
 // webhooks must hold the new root (istiod patches them at every reload; the
 // API server calls the webhooks with that trust, so a lagging caBundle
 // would fail every pod creation once istiod serves under the new root
-// alone).
+// alone), and so must every other webhook configuration that trusts an old
+// root (one installed or kept by another tool, with a caBundle istiod never
+// touches). The API server reuses its webhook connections, so such a
+// webhook may even keep working for a while after the retire, and fail at
+// the next reconnect: only its caBundle tells.
 func (e *Engine) retireGates(ctx context.Context, st *state) error {
 	newRoot := st.record.NewRoot
 	if st.c.Istiods != nil {
@@ -129,41 +124,23 @@ func (e *Engine) retireGates(ctx context.Context, st *state) error {
 				lag, st.c.Namespace, st.record.NewSigner, st.c.Namespace)
 		}
 	}
-	check := func(kind, name, hook string, caBundle []byte) error {
-		certs, err := pki.ParseCertificates(kind+" "+name, caBundle)
-		if err == nil {
-			for _, c := range certs {
-				if pki.Fingerprint(c) == newRoot {
-					return nil
-				}
-			}
-		}
-		return fmt.Errorf("refusing to retire the old root: %s %s (webhook %s) has a caBundle without the new root %.12s, so the API server would reject istiod's webhook certificate once the old root is gone; istiod patches it at every cacerts reload: check istiod's logs, restart it (kubectl -n %s rollout restart deployment/istiod), then run meshca rotate again",
-			kind, name, hook, newRoot, st.c.Namespace)
-	}
-	mw, err := st.c.Client.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, injectorWebhook, metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-	case err != nil:
-		return fmt.Errorf("read mutatingwebhookconfiguration %s: %w", injectorWebhook, err)
-	default:
-		for _, w := range mw.Webhooks {
-			if err := check("mutatingwebhookconfiguration", mw.Name, w.Name, w.ClientConfig.CABundle); err != nil {
-				return err
-			}
-		}
-	}
-	vws, err := st.c.Client.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
+	hooks, err := mesh.Webhooks(ctx, st.c.Client)
 	if err != nil {
-		return fmt.Errorf("list validatingwebhookconfigurations: %w", err)
+		return err
 	}
-	for _, vw := range vws.Items {
-		if len(vw.Name) < len(validatorWebhook) || vw.Name[:len(validatorWebhook)] != validatorWebhook {
+	for _, h := range hooks {
+		trust := h.Trust()
+		if trust.Has(newRoot) {
 			continue
 		}
-		for _, w := range vw.Webhooks {
-			if err := check("validatingwebhookconfiguration", vw.Name, w.Name, w.ClientConfig.CABundle); err != nil {
-				return err
+		if h.Istiod {
+			return fmt.Errorf("refusing to retire the old root: %s has a caBundle without the new root %.12s, so the API server would reject istiod's webhook certificate once the old root is gone; istiod patches it at every cacerts reload: check istiod's logs, restart it (kubectl -n %s rollout restart deployment/istiod), then run meshca rotate again",
+				h, newRoot, st.c.Namespace)
+		}
+		for _, old := range st.record.OldRoots {
+			if trust.Has(old) {
+				return fmt.Errorf("refusing to retire the old root: %s trusts the old root %.12s and not the new root %.12s: it calls a server certified by the mesh CA (istiod), but istiod does not patch it, so once the old root is gone the API server would reject that server's certificate and fail every request the webhook matches; add the new root to its caBundle (root-cert.pem of configmap %s/istio-ca-root-cert holds both roots now) where it is managed, then run meshca rotate again",
+					h, old, newRoot, st.c.Namespace)
 			}
 		}
 	}
