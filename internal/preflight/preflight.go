@@ -57,6 +57,9 @@ const (
 	// CategoryRootConfigMaps: istio-ca-root-cert in every namespace carries
 	// root-cert.pem.
 	CategoryRootConfigMaps = "root-configmaps"
+	// CategoryWebhooks: webhook configurations whose caBundle trusts the
+	// mesh root, and whether istiod keeps them up to date.
+	CategoryWebhooks = "webhooks"
 )
 
 // Status is the outcome of a Check.
@@ -253,6 +256,11 @@ func Run(ctx context.Context, cs kubernetes.Interface, opts Options) (*Report, e
 			return nil, err
 		}
 		r.add(cms)
+		hooks, err := webhookChecks(ctx, cs, ca.ca)
+		if err != nil {
+			return nil, err
+		}
+		r.add(hooks)
 	}
 	return r, nil
 }

@@ -212,7 +212,7 @@ func TestHealthyInstallPassesEveryCheck(t *testing.T) {
 	for _, c := range r.Categories {
 		cats = append(cats, c.Name)
 	}
-	want := []string{CategoryIstiod, CategoryMeshConfig, CategoryZtunnel, CategoryCA, CategoryExpiry, CategoryRootConfigMaps}
+	want := []string{CategoryIstiod, CategoryMeshConfig, CategoryZtunnel, CategoryCA, CategoryExpiry, CategoryRootConfigMaps, CategoryWebhooks}
 	if diff := cmp.Diff(want, cats); diff != "" {
 		t.Errorf("categories mismatch (-want +got):\n%s", diff)
 	}

@@ -60,8 +60,8 @@ func TestCheckSandbox(t *testing.T) {
 			if strings.Join(errs, ",") != strings.Join(tc.errors, ",") {
 				t.Errorf("errors = %v, want %v", errs, tc.errors)
 			}
-			if len(r.Categories) != 6 {
-				t.Errorf("%d categories, want all 6:\n%s", len(r.Categories), got.out)
+			if len(r.Categories) != 7 {
+				t.Errorf("%d categories, want all 7:\n%s", len(r.Categories), got.out)
 			}
 			if tc.code == cli.ExitFailure {
 				c, _ := r.Check(preflight.CategoryIstiod, preflight.CheckMultiRoot)
