@@ -27,6 +27,11 @@ const AgentEnv = "MESHCA_SANDBOX_AGENT"
 // without any, so the same scenario tests cover the sidecar path.
 const SidecarsEnv = "MESHCA_SANDBOX_SIDECARS"
 
+// KeepFailedEnv is the variable that, set to anything, keeps the directory
+// of a sandbox whose test failed (its logs: istiod, the control plane,
+// every real pilot-agent) instead of removing it.
+const KeepFailedEnv = "MESHCA_KEEP_FAILED_SANDBOX"
+
 // Start starts a sandbox with opts in a temporary directory (Dir and BinDir
 // are filled in; Logf too when unset).
 func Start(tb testing.TB, opts sandbox.Options) *sandbox.Sandbox {
@@ -54,7 +59,19 @@ func Start(tb testing.TB, opts sandbox.Options) *sandbox.Sandbox {
 		}
 		tb.Skip(msg)
 	}
-	opts.Dir, opts.BinDir = tb.TempDir(), bin
+	dir, err := os.MkdirTemp("", "meshca-sandbox-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// Registered first, so it runs after the sandbox has stopped.
+	tb.Cleanup(func() {
+		if tb.Failed() && os.Getenv(KeepFailedEnv) != "" {
+			tb.Logf("%s: kept the failed test's sandbox directory %s (logs of istiod, the API server, every pilot-agent)", KeepFailedEnv, dir)
+			return
+		}
+		_ = os.RemoveAll(dir)
+	})
+	opts.Dir, opts.BinDir = dir, bin
 	if opts.Logf == nil {
 		opts.Logf = tb.Logf
 	}
