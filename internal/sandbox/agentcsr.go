@@ -16,6 +16,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // The real pilot-agent counts its failed CSRs itself: the secret cache
@@ -39,33 +40,17 @@ type csrWatch struct {
 }
 
 // watchAgentCSRs reports the failed CSRs of a real agent pod to the probe
-// until ctx ends: every agentCSRPoll, and when syncAgentCSRs asks.
-func (d *dataPlane) watchAgentCSRs(ctx context.Context, p *proxyPod, identity string) {
-	t := time.NewTicker(agentCSRPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			d.syncAgentCSR(ctx, p, identity)
-		}
-	}
+// every agentCSRPoll until ctx ends (and syncAgentCSRs reads them on
+// demand).
+func (d *dataPlane) watchAgentCSRs(ctx context.Context, p *proxyPod) {
+	wait.UntilWithContext(ctx, func(ctx context.Context) { d.syncAgentCSR(ctx, p) }, agentCSRPoll)
 }
 
 // syncAgentCSRs reads the counter of every live real agent now, so that a
 // probe snapshot includes a CSR that failed less than agentCSRPoll ago.
 func (d *dataPlane) syncAgentCSRs(ctx context.Context) {
-	d.mu.Lock()
-	var pods []*proxyPod
-	for _, p := range d.proxies {
-		if p.agent != nil {
-			pods = append(pods, p)
-		}
-	}
-	d.mu.Unlock()
-	for _, p := range pods {
-		d.syncAgentCSR(ctx, p, p.agent.identity)
+	for _, p := range d.agentPods() {
+		d.syncAgentCSR(ctx, p)
 	}
 }
 
@@ -73,7 +58,7 @@ func (d *dataPlane) syncAgentCSRs(ctx context.Context) {
 // failure each, with the reason of the agent's last "failed to sign" line.
 // An agent that cannot be read (starting, stopping) reports nothing: its
 // counter is read again next time.
-func (d *dataPlane) syncAgentCSR(ctx context.Context, p *proxyPod, identity string) {
+func (d *dataPlane) syncAgentCSR(ctx context.Context, p *proxyPod) {
 	w := &p.agent.csr
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -86,7 +71,7 @@ func (d *dataPlane) syncAgentCSR(ctx context.Context, p *proxyPod, identity stri
 		reason = "pilot-agent counted a failed CSR (" + agentCSRFailuresMetric + ")"
 	}
 	for range int(n - w.seen) {
-		d.issuanceFailed(string(p.kind)+"/"+p.pod, identity, errors.New(reason))
+		d.issuanceFailed(string(p.kind)+"/"+p.pod, p.agent.identity, errors.New(reason))
 	}
 	w.seen = n
 }

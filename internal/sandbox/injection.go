@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
@@ -253,14 +254,7 @@ func (r *runtime) checkAdmission(ctx context.Context) {
 	}
 	checks := []func(context.Context) error{r.checkInjection, func(ctx context.Context) error { return checkValidation(ctx, dyn) }}
 	counting := make([]bool, len(checks))
-	t := time.NewTicker(admissionInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	wait.UntilWithContext(ctx, func(ctx context.Context) {
 		for i, check := range checks {
 			cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 			err := check(cctx)
@@ -275,7 +269,7 @@ func (r *runtime) checkAdmission(ctx context.Context) {
 			}
 			r.data.admissionChecked(err)
 		}
-	}
+	}, admissionInterval)
 }
 
 // checkInjection creates a pod in SidecarNamespace (dry run) and checks that

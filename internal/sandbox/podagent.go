@@ -202,7 +202,7 @@ func (d *dataPlane) startRealAgent(ctx context.Context, pod *corev1.Pod, kind po
 	target := string(mk) + "/" + pod.Namespace + "/" + workloadOf(pod)
 	p := &proxyPod{kind: mk, pod: key, ns: pod.Namespace, target: target, started: time.Now(), grace: grace, e: e, agent: ap}
 	ap.identity = mesh.Identity{TrustDomain: TrustDomain, Namespace: pod.Namespace, ServiceAccount: sa}.String()
-	go d.watchAgentCSRs(pctx, p, ap.identity)
+	go d.watchAgentCSRs(pctx, p)
 	d.add(p, mesh.Endpoint{Kind: mk, Name: pod.Namespace + "/" + workloadOf(pod), Node: pod.Spec.NodeName})
 	d.r.opts.Logf("%s %s: %s (pid %d, status port %d) with %s (admin port %d)", kind, key, agentLabel, ap.proc.Pid(), ap.statusPort, envoyLabel, ap.adminPort)
 	d.r.watchReady(pod, p)
@@ -458,19 +458,24 @@ func fileExists(p string) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
-// agentLogLines returns the lines of every live real agent's log that
-// contain substr, each prefixed with its pod.
-func (d *dataPlane) agentLogLines(substr string) []string {
+// agentPods lists the live pods backed by the real agent.
+func (d *dataPlane) agentPods() []*proxyPod {
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	var pods []*proxyPod
 	for _, p := range d.proxies {
 		if p.agent != nil {
 			pods = append(pods, p)
 		}
 	}
-	d.mu.Unlock()
+	return pods
+}
+
+// agentLogLines returns the lines of every live real agent's log that
+// contain substr, each prefixed with its pod.
+func (d *dataPlane) agentLogLines(substr string) []string {
 	var out []string
-	for _, p := range pods {
+	for _, p := range d.agentPods() {
 		data, err := os.ReadFile(filepath.Join(p.agent.dir, "pilot-agent.log"))
 		if err != nil {
 			continue
