@@ -183,9 +183,9 @@ func webhookRoots(ctx context.Context, cs kubernetes.Interface, namespace string
 		if !w.CallsIstiod(namespace) || len(w.CABundle) == 0 {
 			continue
 		}
-		certs, err := pki.ParseCertificates(w.String()+" clientConfig.caBundle", w.CABundle)
-		if err != nil {
-			errs = append(errs, err)
+		certs := w.Certificates()
+		if len(certs) == 0 {
+			errs = append(errs, fmt.Errorf("%s clientConfig.caBundle: no certificate the API server could use", w))
 			continue
 		}
 		out = append(out, certs...)

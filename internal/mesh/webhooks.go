@@ -3,7 +3,6 @@ package mesh
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"strings"
 
@@ -46,26 +45,12 @@ func (w Webhook) String() string {
 	return fmt.Sprintf("%s %s (webhook %s)", w.Kind, w.Configuration, w.Name)
 }
 
-// Trust is the set of certificates in CABundle, read as the API server
-// reads it (crypto/x509's AppendCertsFromPEM): every CERTIFICATE block that
-// parses, whatever text surrounds it.
-func (w Webhook) Trust() proxy.Trust {
-	var fps []string
-	rest := w.CABundle
-	for len(rest) > 0 {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		if c, err := x509.ParseCertificate(b.Bytes); err == nil {
-			fps = append(fps, pki.Fingerprint(c))
-		}
-	}
-	return proxy.NewTrust(fps...)
-}
+// Certificates are those of CABundle as the API server reads it
+// (pki.PoolCertificates).
+func (w Webhook) Certificates() []*x509.Certificate { return pki.PoolCertificates(w.CABundle) }
+
+// Trust is the set of Certificates.
+func (w Webhook) Trust() proxy.Trust { return proxy.NewTrust(pki.Fingerprints(w.Certificates())...) }
 
 // CallsIstiod reports whether the webhook's service is istiod (istiod or
 // istiod-<revision>) in namespace.

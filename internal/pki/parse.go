@@ -152,6 +152,28 @@ func ParseCertificates(name string, data []byte) ([]*x509.Certificate, error) {
 	return certs, nil
 }
 
+// PoolCertificates returns the certificates crypto/x509's
+// CertPool.AppendCertsFromPEM would take from data: every CERTIFICATE block
+// that parses, whatever text surrounds it, other blocks skipped. It is how
+// the API server reads a webhook's caBundle, so a bundle ParseCertificates
+// refuses (a comment line above the block) can still be one it trusts.
+func PoolCertificates(data []byte) []*x509.Certificate {
+	var out []*x509.Certificate
+	for rest := data; len(rest) > 0; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		if c, err := x509.ParseCertificate(b.Bytes); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 // ParseCertificateFile reads and parses a certificate file.
 func ParseCertificateFile(path string) ([]*x509.Certificate, error) {
 	data, err := ReadFile(path)
