@@ -274,7 +274,11 @@ func (e *Engine) waitConverged(ctx context.Context, st *state, p Phase, exp veri
 		last = rep
 		if n := rep.Total.Total - rep.Total.Failing(); n != lastConverged {
 			ev := Event{Kind: EventConverging, Cluster: st.c.Name, Phase: p, Converged: n, Total: rep.Total.Total, Kinds: kindCounts(rep),
-				Detail: fmt.Sprintf("phase %s: %d/%d proxies hold the phase%s", p, n, rep.Total.Total, failingBreakdown(rep.Total))}
+				Detail: fmt.Sprintf("phase %s: %d/%d proxies hold the phase", p, n, rep.Total.Total)}
+			if why := rep.Total.FailingByStatus(); why != "" {
+				// A count that drops between two looks says what changed.
+				ev.Detail += " (" + why + ")"
+			}
 			if n < lastConverged {
 				// Proxies that held the phase no longer do: name them, it
 				// is never expected.
@@ -329,26 +333,6 @@ func (e *Engine) restartZtunnels(ctx context.Context, st *state, p Phase, reason
 		}
 	}
 	return nil
-}
-
-// failingBreakdown says why the proxies that do not hold a phase fail, by
-// status (" (2 stale, 1 unreadable)"), so that a count that drops between
-// two looks says what changed; empty when none fails.
-func failingBreakdown(c verify.Counts) string {
-	var parts []string
-	for _, s := range []struct {
-		n    int
-		name verify.Status
-	}{{c.Stale, verify.StatusStale}, {c.NotRefreshing, verify.StatusNotRefreshing}, {c.Expiring, verify.StatusExpiring},
-		{c.Unreadable, verify.StatusUnreadable}, {c.NotReady, verify.StatusNotReady}} {
-		if s.n > 0 {
-			parts = append(parts, fmt.Sprintf("%d %s", s.n, s.name))
-		}
-	}
-	if len(parts) == 0 {
-		return ""
-	}
-	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 // lagging names the proxies that fail a report, with their first problem.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -167,6 +168,21 @@ func (c *Counts) Add(s Status) {
 	case StatusNotReady:
 		c.NotReady++
 	}
+}
+
+// FailingByStatus says why the failing proxies fail, status by status
+// ("2 stale, 1 not refreshing"); empty when none fails.
+func (c Counts) FailingByStatus() string {
+	var why []string
+	for _, x := range []struct {
+		n    int
+		what string
+	}{{c.Stale, "stale"}, {c.NotRefreshing, "not refreshing"}, {c.Expiring, "expiring"}, {c.Unreadable, "unreadable"}, {c.NotReady, "not ready"}} {
+		if x.n > 0 {
+			why = append(why, fmt.Sprintf("%d %s", x.n, x.what))
+		}
+	}
+	return strings.Join(why, ", ")
 }
 
 // Failing is how many proxies fail: stale, not refreshing, expiring,

@@ -138,16 +138,7 @@ func verdict(rep *fleet.Report, wide bool) string {
 	c := rep.Total
 	var parts []string
 	if n := c.Failing(); n > 0 {
-		var why []string
-		for _, x := range []struct {
-			n    int
-			what string
-		}{{c.Stale, "stale"}, {c.NotRefreshing, "not refreshing"}, {c.Expiring, "expiring"}, {c.Unreadable, "unreadable"}, {c.NotReady, "not ready"}} {
-			if x.n > 0 {
-				why = append(why, fmt.Sprintf("%d %s", x.n, x.what))
-			}
-		}
-		parts = append(parts, fmt.Sprintf("%d of %d proxies do not match (%s)", n, c.Total, strings.Join(why, ", ")))
+		parts = append(parts, fmt.Sprintf("%d of %d proxies do not match (%s)", n, c.Total, c.FailingByStatus()))
 	}
 	if s := rep.RootConfigMaps; s != nil && len(s.Stale) > 0 {
 		parts = append(parts, fmt.Sprintf("%d of %d istio-ca-root-cert ConfigMaps are stale", len(s.Stale), s.Total))
