@@ -447,6 +447,9 @@ type proxyStatus struct {
 	// the simulated one, and the envoy stand-in.
 	Agent string `json:"agent,omitempty"`
 	Envoy string `json:"envoy,omitempty"`
+	// EnvoyAdmin is the envoy stand-in's admin address on a real-agent
+	// pod (its pod port 15000).
+	EnvoyAdmin string `json:"envoyAdmin,omitempty"`
 }
 
 func (d *dataPlane) status() []proxyStatus {
@@ -468,7 +471,8 @@ func (d *dataPlane) status() []proxyStatus {
 			continue
 		}
 		if e := p.e; e != nil {
-			st := proxyStatus{Kind: string(e.Kind()), Pod: key, Node: e.Endpoint().Node, Identities: 1, Agent: agentLabel, Envoy: envoyLabel}
+			st := proxyStatus{Kind: string(e.Kind()), Pod: key, Node: e.Endpoint().Node, Identities: 1, Agent: agentLabel, Envoy: envoyLabel,
+				EnvoyAdmin: fmt.Sprintf("127.0.0.1:%d", p.agent.adminPort)}
 			if e.Ready() {
 				st.Available = 1
 			} else {

@@ -51,6 +51,9 @@ const (
 // "cache" applies it), as sidecar.istio.io/agentLogLevel would set.
 const agentLogLevel = "default:info,xdsproxy:debug,cache:debug"
 
+// stubEventLog is the envoy stand-in's event log, in the pod's directory.
+const stubEventLog = "envoystub-events.jsonl"
+
 // agentPod is the kubelet side of one envoy pod backed by the real
 // pilot-agent: its working directory (the pod's filesystem), the process,
 // and the ports it was given.
@@ -150,12 +153,12 @@ func (d *dataPlane) startRealAgent(ctx context.Context, pod *corev1.Pod, kind po
 			return fmt.Errorf("%s %s: %w", kind, key, err)
 		}
 	}
-	ports, err := cluster.FreePorts(4)
+	ports, err := cluster.FreePorts(5)
 	if err != nil {
 		return err
 	}
 	ap.adminPort, ap.statusPort = ports[0], ports[1]
-	procEnv, err := d.agentEnv(pod, env, sa, stub, ports)
+	procEnv, err := d.agentEnv(pod, env, sa, stub, ap.dir, ports)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", kind, key, err)
 	}
@@ -181,9 +184,12 @@ func (d *dataPlane) startRealAgent(ctx context.Context, pod *corev1.Pod, kind po
 	}
 	e, err := mesh.StartAgentProxy(mesh.AgentProxyOptions{
 		Kind: mk, Namespace: pod.Namespace, Pod: pod.Name, Node: pod.Spec.NodeName,
-		Identity:  mesh.Identity{TrustDomain: TrustDomain, Namespace: pod.Namespace, ServiceAccount: sa},
-		SDSSocket: filepath.Join(ap.link, "uds", "socket"),
-		Logger:    slog.Default().With(kind.String(), key),
+		Identity:    mesh.Identity{TrustDomain: TrustDomain, Namespace: pod.Namespace, ServiceAccount: sa},
+		SDSSocket:   filepath.Join(ap.link, "uds", "socket"),
+		InboundAddr: fmt.Sprintf("127.0.0.1:%d", ports[4]),
+		EventLog:    filepath.Join(ap.dir, stubEventLog),
+		Exited:      ap.proc.Done(),
+		Logger:      slog.Default().With(kind.String(), key),
 	})
 	if err != nil {
 		ap.cleanup()
@@ -214,7 +220,7 @@ func (d *dataPlane) startRealAgent(ctx context.Context, pod *corev1.Pod, kind po
 // injected or gateway pod, and what the pod's image and network would
 // provide here (the istiod address on loopback with the name its
 // certificate carries, envoy's binary and the pod's own ports).
-func (d *dataPlane) agentEnv(pod *corev1.Pod, env map[string]string, sa, stub string, ports []int) ([]string, error) {
+func (d *dataPlane) agentEnv(pod *corev1.Pod, env map[string]string, sa, stub, dir string, ports []int) ([]string, error) {
 	out := map[string]string{
 		"POD_NAME":        pod.Name,
 		"POD_NAMESPACE":   pod.Namespace,
@@ -232,7 +238,11 @@ func (d *dataPlane) agentEnv(pod *corev1.Pod, env map[string]string, sa, stub st
 		"ISTIOD_SAN":            mesh.DefaultServerName,
 		"ENVOY_STATUS_PORT":     fmt.Sprint(ports[2]),
 		"ENVOY_PROMETHEUS_PORT": fmt.Sprint(ports[3]),
-		"PATH":                  os.Getenv("PATH"),
+		// The envoy stand-in's inbound listener: the pod port the probe
+		// dials, and its event log (see mesh.StartEnvoyInbound).
+		mesh.EnvStubInbound:  fmt.Sprintf("127.0.0.1:%d", ports[4]),
+		mesh.EnvStubEventLog: filepath.Join(dir, stubEventLog),
+		"PATH":               os.Getenv("PATH"),
 	}
 	for k, v := range env {
 		out[k] = v
@@ -309,8 +319,10 @@ func (d *dataPlane) updateRootCertVolume(p *proxyPod, pem []byte) {
 	})
 }
 
-// stopAgent ends a real agent pod: SIGTERM to pilot-agent alone (it drains
-// and stops its envoy itself), then, after grace, whatever is left.
+// stopAgent ends a real agent pod as kubelet does: SIGTERM to pilot-agent
+// alone (it drains its envoy, waits its terminationDrainDuration and ends
+// it), then, once the agent has exited or grace has passed, whatever is
+// left of the pod's processes.
 func (p *proxyPod) stopAgent(grace time.Duration) {
 	if p.agent == nil {
 		return
@@ -319,7 +331,13 @@ func (p *proxyPod) stopAgent(grace time.Duration) {
 	if err := p.agent.proc.Terminate(); err != nil {
 		slog.Debug("sandbox: terminate pilot-agent", "pod", p.pod, "err", err)
 	}
-	if err := p.agent.proc.Stop(grace); err != nil {
+	t := time.NewTimer(grace)
+	select {
+	case <-p.agent.proc.Done():
+	case <-t.C:
+	}
+	t.Stop()
+	if err := p.agent.proc.Stop(time.Second); err != nil {
 		slog.Debug("sandbox: pilot-agent stopped", "pod", p.pod, "err", err)
 	}
 	_ = os.RemoveAll(p.agent.link)

@@ -8,6 +8,11 @@
 //   - holds an ADS stream to the agent's xDS proxy, so istiod's pushes
 //     (PCDS included) flow through the real agent, and counts the CDS/LDS
 //     updates it accepts;
+//   - serves the probe's mTLS handshakes on the pod port the sandbox gives
+//     it (env MESHCA_ENVOYSTUB_INBOUND): it presents "default" and
+//     verifies clients against "ROOTCA", exactly as SDS last gave them, and
+//     writes why it refused a handshake or ended a connection to its event
+//     log (MESHCA_ENVOYSTUB_EVENTS), where the probe reads it;
 //   - answers the admin API the agent and meshca use: /config_dump (the
 //     SecretsConfigDump the readers parse), /ready, /stats (the readiness
 //     stats the agent polls), /drain_listeners and /quitquitquit.
@@ -60,13 +65,16 @@ func run(log *slog.Logger, args []string) error {
 	if err := s.start(ctx); err != nil {
 		return err
 	}
+	reason := "envoy " + boot.node.GetId() + " exited"
 	select {
 	case <-ctx.Done():
 		log.Info("envoy stand-in: signal received, exiting")
+		reason += " on a signal"
 	case <-s.quit:
 		log.Info("envoy stand-in: /quitquitquit, exiting")
+		reason += " on /quitquitquit"
 	}
-	s.close()
+	s.close(reason)
 	return nil
 }
 

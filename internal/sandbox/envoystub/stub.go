@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -35,14 +37,57 @@ type stub struct {
 	// draining is set by POST /drain_listeners: server.state becomes
 	// DRAINING (1).
 	draining atomic.Bool
+
+	// inbound is the listener that serves the probe's handshakes with
+	// what SDS gave; nil when the pod has no inbound port (env
+	// mesh.EnvStubInbound unset).
+	inbound *mesh.EnvoyInbound
+	// creds are the parsed "default" certificate and "ROOTCA" roots.
+	credMu sync.Mutex
+	cert   *mesh.Certificate
+	roots  []*x509.Certificate
 }
 
 func newStub(boot *bootstrap, log *slog.Logger) *stub {
 	s := &stub{boot: boot, log: log, quit: make(chan struct{})}
 	s.sds = mesh.NewSDSWatch(boot.sdsPath, boot.node.GetId(), log, func(sec mesh.SDSSecret) {
 		log.Info("sds secret updated", "secret", sec.Name, "version", sec.Version)
+		s.takeSecret(sec)
 	})
 	return s
+}
+
+// takeSecret parses a secret SDS pushed into what the inbound listener
+// serves with; a secret that does not parse keeps the previous one, as
+// envoy rejects an invalid update.
+func (s *stub) takeSecret(sec mesh.SDSSecret) {
+	switch sec.Name {
+	case mesh.SecretDefault:
+		c, err := sec.Certificate()
+		if err != nil {
+			s.log.Warn("sds secret rejected", "secret", sec.Name, "err", err)
+			return
+		}
+		s.credMu.Lock()
+		s.cert = c
+		s.credMu.Unlock()
+	case mesh.SecretRootCA:
+		roots, err := sec.Roots()
+		if err != nil {
+			s.log.Warn("sds secret rejected", "secret", sec.Name, "err", err)
+			return
+		}
+		s.credMu.Lock()
+		s.roots = roots
+		s.credMu.Unlock()
+	}
+}
+
+// credentials are the inbound listener's: both secrets, or not ready.
+func (s *stub) credentials() (*mesh.Certificate, []*x509.Certificate, bool) {
+	s.credMu.Lock()
+	defer s.credMu.Unlock()
+	return s.cert, s.roots, s.cert != nil && len(s.roots) > 0
 }
 
 func (s *stub) start(ctx context.Context) error {
@@ -70,6 +115,16 @@ func (s *stub) start(ctx context.Context) error {
 			}
 		}()
 	}
+	if addr := os.Getenv(mesh.EnvStubInbound); addr != "" {
+		s.inbound, err = mesh.StartEnvoyInbound(mesh.EnvoyInboundOptions{
+			Name: "envoy " + s.boot.node.GetId(), Addr: addr, EventLog: os.Getenv(mesh.EnvStubEventLog),
+			Credentials: s.credentials, Now: now, Logger: s.log,
+		})
+		if err != nil {
+			return err
+		}
+		s.log.Info("inbound listener serving with the agent's SDS secrets", "addr", s.inbound.Addr())
+	}
 	if err := s.sds.Start(); err != nil {
 		return err
 	}
@@ -82,7 +137,10 @@ func (s *stub) start(ctx context.Context) error {
 	return nil
 }
 
-func (s *stub) close() {
+func (s *stub) close(reason string) {
+	if s.inbound != nil {
+		s.inbound.Close(reason)
+	}
 	if s.cancel != nil {
 		s.cancel()
 	}
@@ -127,6 +185,9 @@ func (s *stub) mux() *http.ServeMux {
 			return
 		}
 		s.draining.Store(true)
+		if s.inbound != nil {
+			s.inbound.Drain()
+		}
 		s.log.Info("draining listeners", "query", r.URL.RawQuery)
 		_, _ = fmt.Fprintln(w, "OK")
 	})
@@ -176,7 +237,7 @@ func (s *stub) statLines() []statLine {
 	if s.initialized() {
 		workers = 1
 	}
-	return []statLine{
+	lines := []statLine{
 		{"cluster_manager.cds.update_rejected", false, 0},
 		{"cluster_manager.cds.update_success", false, s.cdsSuccess.Load()},
 		{"listener_manager.lds.update_rejected", false, 0},
@@ -184,6 +245,18 @@ func (s *stub) statLines() []statLine {
 		{"listener_manager.workers_started", true, uint64(workers)},
 		{"server.state", true, uint64(state)},
 	}
+	if s.inbound != nil {
+		// envoy's per-listener stats, under listener.<address>.
+		st, pre := s.inbound.Stats(), "listener."+strings.ReplaceAll(s.inbound.Addr(), ":", "_")+"."
+		lines = append(lines,
+			statLine{pre + "downstream_cx_active", true, st.DownstreamCxActive},
+			statLine{pre + "downstream_cx_total", false, st.DownstreamCxTotal},
+			statLine{pre + "ssl.connection_error", false, st.SSLConnectError},
+			statLine{pre + "ssl.fail_verify_error", false, st.SSLFailVerify},
+			statLine{pre + "ssl.handshake", false, st.SSLHandshake},
+		)
+	}
+	return lines
 }
 
 // statsPrometheus is /stats/prometheus, on the admin port and on the

@@ -91,7 +91,7 @@ func startServers(name string, p Proxy, dump func(*http.Request) ([]byte, error)
 	if err != nil {
 		return nil, nil, err
 	}
-	mtls, err := startMTLS(name, p, identityFor, now, log)
+	mtls, err := startMTLS(name, "127.0.0.1:0", p.credentials, identityFor, now, log)
 	if err != nil {
 		admin.close()
 		return nil, nil, err

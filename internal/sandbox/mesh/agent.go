@@ -336,7 +336,7 @@ func (a *Agent) credentials(identity string) (*Certificate, []*x509.Certificate,
 	return a.cert, a.rootCA, true
 }
 
-func (a *Agent) server() *mtlsServer { return a.mtls }
+func (a *Agent) server() serverSide { return a.mtls }
 
 // issuanceError implements Proxy.
 func (a *Agent) issuanceError(string) string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 )
@@ -21,28 +22,43 @@ type AgentProxyOptions struct {
 	// SDSSocket is the agent's SDS socket (its working directory's
 	// var/run/secrets/workload-spiffe-uds/socket).
 	SDSSocket string
+	// InboundAddr is the pod port on which the envoy stand-in the agent
+	// runs serves the probe's mTLS handshakes, and EventLog the stand-in's
+	// event log (see StartEnvoyInbound).
+	InboundAddr, EventLog string
+	// Exited closes when the pod's pilot-agent process has exited (its
+	// envoy is gone by then).
+	Exited <-chan struct{}
 	// Now is the clock for TLS verification; time.Now when nil.
 	Now func() time.Time
 	// Logger receives the logs; slog.Default() when nil.
 	Logger *slog.Logger
 }
 
-// AgentProxy is the probe's data path through an envoy pod whose
-// istio-agent is the real pilot-agent: an SDS client of the agent's socket
-// (like the envoy stand-in the agent runs, a second subscriber the agent
-// serves the same secrets to) and an mTLS listener that presents the
-// agent's "default" secret and trusts exactly its "ROOTCA". The
-// certificate, key and roots all come from the real agent; nothing here
-// requests a certificate or decides trust on its own.
+// AgentProxy is the probe's view of an envoy pod whose istio-agent is the
+// real pilot-agent.
+//
+// The server side is the pod's own envoy stand-in process, which the agent
+// started: the probe dials its inbound listener, which presents the agent's
+// "default" secret and trusts exactly its "ROOTCA"; why it rejected a
+// handshake or ended a connection is read from the stand-in's event log.
+//
+// The client side, when the pod originates a probe connection, is here: an
+// SDS client of the agent's socket (a second subscriber the agent serves
+// the same secrets to), whose certificate and roots the probe's TLS client
+// uses. The certificate, key and roots all come from the real agent;
+// nothing here requests a certificate or decides trust on its own.
 type AgentProxy struct {
 	kind     Kind
 	name     string
 	node     string
 	identity Identity
+	inbound  string
+	events   *eventReader
+	exited   <-chan struct{}
 	now      func() time.Time
 	log      *slog.Logger
 	sds      *SDSWatch
-	mtls     *mtlsServer
 	done     chan struct{}
 	once     sync.Once
 
@@ -50,18 +66,25 @@ type AgentProxy struct {
 	cert    *Certificate
 	roots   []*x509.Certificate
 	lastErr string
+	// outbound are the long-lived connections the pod originated; outEnds
+	// why they ended, by local address.
+	outbound map[net.Conn]struct{}
+	outEnds  map[string]string
+	draining bool
+	// exitedAt is when the agent process was seen to exit.
+	exitedAt time.Time
 }
 
-// StartAgentProxy subscribes to the agent's SDS socket and opens the mTLS
-// listener. Stop ends both.
+// StartAgentProxy subscribes to the agent's SDS socket and follows the
+// stand-in's event log. Stop ends both.
 func StartAgentProxy(opts AgentProxyOptions) (*AgentProxy, error) {
 	switch opts.Kind {
 	case KindWaypoint, KindGateway, KindSidecar:
 	default:
 		return nil, fmt.Errorf("agent proxy %s/%s: kind %q: expected waypoint, gateway or sidecar", opts.Namespace, opts.Pod, opts.Kind)
 	}
-	if opts.Namespace == "" || opts.Pod == "" || opts.SDSSocket == "" {
-		return nil, errors.New("agent proxy: namespace, pod name and SDS socket are required")
+	if opts.Namespace == "" || opts.Pod == "" || opts.SDSSocket == "" || opts.InboundAddr == "" || opts.EventLog == "" || opts.Exited == nil {
+		return nil, errors.New("agent proxy: namespace, pod name, SDS socket, inbound address, event log and the agent's exit are required")
 	}
 	name := opts.Namespace + "/" + opts.Pod
 	label := string(opts.Kind) + "/" + name
@@ -77,16 +100,20 @@ func StartAgentProxy(opts AgentProxyOptions) (*AgentProxy, error) {
 		now = time.Now
 	}
 	p := &AgentProxy{kind: opts.Kind, name: name, node: opts.Node, identity: opts.Identity, now: now,
-		log: log.With("proxy", label), done: make(chan struct{})}
+		inbound: opts.InboundAddr, events: newEventReader(opts.EventLog), exited: opts.Exited,
+		log: log.With("proxy", label), done: make(chan struct{}),
+		outbound: map[net.Conn]struct{}{}, outEnds: map[string]string{}}
 	p.sds = NewSDSWatch(opts.SDSSocket, label, p.log, p.update)
-	var err error
-	if p.mtls, err = startMTLS(label, p, p.identityForSNI, now, p.log); err != nil {
-		return nil, err
-	}
 	if err := p.sds.Start(); err != nil {
-		p.mtls.close()
 		return nil, fmt.Errorf("%s: %w", label, err)
 	}
+	go func() {
+		select {
+		case <-p.exited:
+			p.agentExited()
+		case <-p.done:
+		}
+	}()
 	return p, nil
 }
 
@@ -154,12 +181,14 @@ func (p *AgentProxy) LastError() string {
 	return ""
 }
 
-// Endpoint describes the proxy for the Probe.
+// Endpoint describes the proxy for the Probe: its address is the envoy
+// stand-in's inbound listener.
 func (p *AgentProxy) Endpoint() Endpoint {
-	return Endpoint{Kind: p.kind, Name: p.name, Node: p.node, Identities: []string{p.identity.String()}, Address: p.mtls.addr(), Proxy: p}
+	return Endpoint{Kind: p.kind, Name: p.name, Node: p.node, Identities: []string{p.identity.String()}, Address: p.inbound, Proxy: p}
 }
 
-// credentials implements Proxy: the agent's "default" and "ROOTCA".
+// credentials implements Proxy: the agent's "default" and "ROOTCA", as
+// this side's SDS subscription holds them.
 func (p *AgentProxy) credentials(identity string) (*Certificate, []*x509.Certificate, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -169,10 +198,10 @@ func (p *AgentProxy) credentials(identity string) (*Certificate, []*x509.Certifi
 	return p.cert, p.roots, true
 }
 
-func (p *AgentProxy) server() *mtlsServer { return p.mtls }
+func (p *AgentProxy) server() serverSide { return p }
 
-// issuanceError implements Proxy: the CSR is the agent's; its failures are
-// in the agent's log, not seen here.
+// issuanceError implements Proxy: the CSR is the agent's; the sandbox
+// reads its failures from the agent's own counter.
 func (p *AgentProxy) issuanceError(string) string { return "" }
 
 // Ready implements Proxy: both secrets are held.
@@ -181,22 +210,139 @@ func (p *AgentProxy) Ready() bool {
 	return ok
 }
 
-// Drain implements Proxy: the pod is terminating. It keeps the connections
-// it holds until after, then ends them with reason and stops.
-func (p *AgentProxy) Drain(after time.Duration, reason string) {
-	p.log.Info("envoy pod draining", "deadline", after.String())
-	drain(p.mtls, after, reason, p.done, p.Stop)
+// Drain implements Proxy: the pod is terminating. pilot-agent drains its
+// envoy and ends it after its terminationDrainDuration; this side takes no
+// new outbound connection from now on and ends those it holds when the
+// agent has exited. after and reason are the sandbox's expectation; the
+// reason recorded is what the stand-in's log and the agent's exit show.
+func (p *AgentProxy) Drain(after time.Duration, _ string) {
+	p.log.Info("envoy pod terminating: pilot-agent drains its envoy", "expected drain", after.String())
+	p.mu.Lock()
+	p.draining = true
+	p.mu.Unlock()
 }
 
-// Stop closes the listener and the SDS streams. It is safe to call more
-// than once.
+// agentExited ends the connections the pod originated, as its envoy's end
+// does, and stops the SDS subscription.
+func (p *AgentProxy) agentExited() {
+	p.mu.Lock()
+	p.exitedAt = p.now()
+	p.mu.Unlock()
+	p.endOutbound(p.exitReason())
+	p.Stop()
+}
+
+// exitReason says how the pod's envoy ended, from the stand-in's log and
+// the agent's exit.
+func (p *AgentProxy) exitReason() string {
+	p.mu.Lock()
+	at := p.exitedAt
+	p.mu.Unlock()
+	drained := p.events.drainedAt()
+	who := fmt.Sprintf("%s pod %s", p.kind, p.name)
+	if drained.IsZero() {
+		return who + ": its envoy ended with pilot-agent, without a drain"
+	}
+	return fmt.Sprintf("%s terminated: pilot-agent drained its envoy (POST /drain_listeners at %s), which ended %s later with the pod's processes",
+		who, drained.UTC().Format("15:04:05.000Z"), at.Sub(drained).Round(100*time.Millisecond))
+}
+
+// endOutbound ends every connection the pod originated, recording reason.
+func (p *AgentProxy) endOutbound(reason string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.outEnds) >= maxRecordedErrors {
+		clear(p.outEnds)
+	}
+	for c := range p.outbound {
+		if _, ok := p.outEnds[c.LocalAddr().String()]; !ok {
+			p.outEnds[c.LocalAddr().String()] = reason
+		}
+		_ = c.Close()
+	}
+	clear(p.outbound)
+}
+
+// Stop ends the SDS subscription and the connections the pod originated.
+// It is safe to call more than once.
 func (p *AgentProxy) Stop() {
 	p.once.Do(func() {
 		close(p.done)
-		p.mtls.close()
+		p.endOutbound("proxy " + string(p.kind) + "/" + p.name + " stopped (pod deleted)")
 		p.sds.Stop()
 	})
 }
 
-// identityForSNI: an envoy proxy has one identity whatever the SNI.
-func (p *AgentProxy) identityForSNI(string) (string, bool) { return p.identity.String(), true }
+// closed implements serverSide: the pod's agent has exited or the proxy
+// was stopped.
+func (p *AgentProxy) closed() bool {
+	select {
+	case <-p.done:
+		return true
+	case <-p.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// takeError implements serverSide: the stand-in's reason for rejecting the
+// handshake from remote.
+func (p *AgentProxy) takeError(remote string) (string, bool) {
+	return p.events.take(true, remote)
+}
+
+// exitWait bounds how long endReason waits for a drained pod's agent to
+// exit: the stand-in dies a moment before the agent that killed it.
+const exitWait = 2 * time.Second
+
+// endReason implements serverSide: why the connection whose probe-side
+// address is local ended on this pod. An outbound one ended here; an
+// inbound one the stand-in ended itself (its log says why), or it ended
+// with the stand-in's process when the agent killed it after a drain.
+func (p *AgentProxy) endReason(local string) (string, bool) {
+	p.mu.Lock()
+	r, ok := p.outEnds[local]
+	delete(p.outEnds, local)
+	mine := false
+	for c := range p.outbound {
+		mine = mine || c.LocalAddr().String() == local
+	}
+	p.mu.Unlock()
+	if ok {
+		return r, true
+	}
+	if mine {
+		// Still open on this side: it did not end here.
+		return "", false
+	}
+	if r, ok := p.events.take(false, local); ok {
+		return r, true
+	}
+	if p.events.drainedAt().IsZero() {
+		return "", false
+	}
+	t := time.NewTimer(exitWait)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+		return p.exitReason(), true
+	case <-t.C:
+		return "", false
+	}
+}
+
+// trackOutbound implements serverSide.
+func (p *AgentProxy) trackOutbound(c net.Conn) (untrack func(), ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.draining || p.closed() {
+		return nil, false
+	}
+	p.outbound[c] = struct{}{}
+	return func() {
+		p.mu.Lock()
+		delete(p.outbound, c)
+		p.mu.Unlock()
+	}, true
+}

@@ -81,8 +81,9 @@ type Proxy interface {
 	// identity ("" for the proxy's only identity); ok is false while the
 	// proxy holds no certificate for it.
 	credentials(identity string) (cert *Certificate, roots []*x509.Certificate, ok bool)
-	// server is the proxy's mTLS listener.
-	server() *mtlsServer
+	// server is the server side of the proxy's data path: where its
+	// listener's verdicts and the ends of its connections are read.
+	server() serverSide
 	// issuanceError is the reason the proxy holds no certificate for
 	// identity because its CSR failed; empty while it simply has not got
 	// one yet (Initializing) or when it holds one.
@@ -94,6 +95,23 @@ type Proxy interface {
 	// Drain starts the proxy's termination: it keeps serving the
 	// connections it holds for after, then ends them and stops.
 	Drain(after time.Duration, reason string)
+}
+
+// serverSide is what the Probe reads from the proxy that accepts (or
+// originates) a connection: an in-process mtlsServer, or the record an
+// envoy stand-in process keeps of its own listener (AgentProxy).
+type serverSide interface {
+	// closed reports whether the proxy has stopped.
+	closed() bool
+	// takeError returns and forgets the rejection reason recorded for the
+	// client at remote.
+	takeError(remote string) (string, bool)
+	// endReason returns and forgets why the proxy ended the connection
+	// whose client address is local.
+	endReason(local string) (string, bool)
+	// trackOutbound registers a long-lived connection the proxy
+	// originated, so that it ends with the proxy.
+	trackOutbound(c net.Conn) (untrack func(), ok bool)
 }
 
 // sniFor is the SNI a client sends to ask a ztunnel for the certificate of
@@ -202,9 +220,11 @@ func clientConfig(p Proxy, src, dst string, now func() time.Time) (*tls.Config, 
 type mtlsServer struct {
 	name string
 	ln   net.Listener
-	p    Proxy
-	now  func() time.Time
-	log  *slog.Logger
+	// creds returns the certificate to present for an identity and the
+	// roots to verify clients with, as the proxy holds them now.
+	creds credentialsFunc
+	now   func() time.Time
+	log   *slog.Logger
 	// identityFor maps the SNI of a ClientHello to the identity to present.
 	identityFor func(sni string) (string, bool)
 
@@ -218,6 +238,22 @@ type mtlsServer struct {
 	ends     map[string]string
 	draining bool
 	done     bool
+	// onRecord, when set, is told of every rejection and every end the
+	// server records (an envoy stand-in writes them to its event log).
+	onRecord func(kind, client, reason string)
+	stats    listenerStats
+}
+
+// credentialsFunc is a proxy's credentials: see Proxy.credentials.
+type credentialsFunc func(identity string) (*Certificate, []*x509.Certificate, bool)
+
+// listenerStats counts what a listener saw, by envoy's listener stat names.
+type listenerStats struct {
+	// cxTotal: downstream_cx_total; cxActive: downstream_cx_active.
+	cxTotal, cxActive uint64
+	// handshakes: ssl.handshake; verifyErrors: ssl.fail_verify_error;
+	// connErrors: ssl.connection_error.
+	handshakes, verifyErrors, connErrors uint64
 }
 
 // maxRecordedErrors bounds the rejection reasons kept for the Probe.
@@ -226,13 +262,15 @@ const maxRecordedErrors = 512
 // connDeadline bounds a probe connection's handshake on the server side.
 const connDeadline = 5 * time.Second
 
-func startMTLS(name string, p Proxy, identityFor func(string) (string, bool), now func() time.Time, log *slog.Logger) (*mtlsServer, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// startMTLS opens a proxy's mTLS listener on addr ("127.0.0.1:0" for any
+// port).
+func startMTLS(name, addr string, creds credentialsFunc, identityFor func(string) (string, bool), now func() time.Time, log *slog.Logger) (*mtlsServer, error) {
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s: mTLS listener: %w", name, err)
 	}
 	s := &mtlsServer{
-		name: name, ln: ln, p: p, now: now, log: log, identityFor: identityFor,
+		name: name, ln: ln, creds: creds, now: now, log: log, identityFor: identityFor,
 		conns: map[net.Conn]struct{}{}, outbound: map[net.Conn]struct{}{},
 		errs: map[string]string{}, ends: map[string]string{},
 	}
@@ -262,6 +300,8 @@ func (s *mtlsServer) serve() {
 			return
 		}
 		s.conns[conn] = struct{}{}
+		s.stats.cxTotal++
+		s.stats.cxActive++
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go s.handle(tls.Server(conn, cfg), conn)
@@ -274,13 +314,20 @@ func (s *mtlsServer) handle(tc *tls.Conn, raw net.Conn) {
 		_ = tc.Close()
 		s.mu.Lock()
 		delete(s.conns, raw)
+		s.stats.cxActive--
 		s.mu.Unlock()
 	}()
 	_ = tc.SetDeadline(time.Now().Add(connDeadline))
 	if err := tc.Handshake(); err != nil {
 		s.log.Debug("mTLS handshake failed", "server", s.name, "peer", raw.RemoteAddr().String(), "err", err)
+		s.mu.Lock()
+		s.stats.connErrors++
+		s.mu.Unlock()
 		return
 	}
+	s.mu.Lock()
+	s.stats.handshakes++
+	s.mu.Unlock()
 	if _, err := tc.Write([]byte("ok\n")); err != nil {
 		return
 	}
@@ -318,7 +365,7 @@ func (s *mtlsServer) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, e
 		s.record(remote, err)
 		return nil, err
 	}
-	cert, roots, ok := s.p.credentials(id)
+	cert, roots, ok := s.creds(id)
 	if !ok {
 		err := fmt.Errorf("server %s holds no certificate for %s yet", s.name, id)
 		s.record(remote, err)
@@ -333,6 +380,9 @@ func (s *mtlsServer) configForClient(hello *tls.ClientHelloInfo) (*tls.Config, e
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
 			if err := verifyPeer(raw, roots, s.now(), ""); err != nil {
 				err = fmt.Errorf("server %s (%s) rejected the client certificate: %w", s.name, serverID, err)
+				s.mu.Lock()
+				s.stats.verifyErrors++
+				s.mu.Unlock()
 				s.record(remote, err)
 				return err
 			}
@@ -350,6 +400,22 @@ func (s *mtlsServer) record(remote string, err error) {
 		clear(s.errs)
 	}
 	s.errs[remote] = err.Error()
+	if s.onRecord != nil {
+		s.onRecord(recordReject, remote, err.Error())
+	}
+}
+
+// What an onRecord hook is told.
+const (
+	recordReject = "reject"
+	recordEnd    = "end"
+)
+
+// snapshot returns the listener's counters.
+func (s *mtlsServer) snapshot() listenerStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
 }
 
 // closed reports whether the proxy stopped: its listener is closed and
@@ -421,6 +487,9 @@ func (s *mtlsServer) endAllLocked(reason string) {
 	note := func(key string) {
 		if _, ok := s.ends[key]; !ok {
 			s.ends[key] = reason
+			if s.onRecord != nil {
+				s.onRecord(recordEnd, key, reason)
+			}
 		}
 	}
 	for c := range s.conns {

@@ -328,7 +328,7 @@ func (z *Ztunnel) credentials(identity string) (*Certificate, []*x509.Certificat
 	return e.cert, e.cert.Roots, true
 }
 
-func (z *Ztunnel) server() *mtlsServer { return z.mtls }
+func (z *Ztunnel) server() serverSide { return z.mtls }
 
 // issuanceError implements Proxy: the last CSR failure of an identity that
 // holds no certificate.
