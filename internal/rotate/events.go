@@ -146,6 +146,13 @@ const (
 	// ReasonLagging: proxies lag and cannot catch up by themselves before
 	// their half-life refresh (--pace fast restarts them).
 	ReasonLagging = "lagging"
+	// ReasonPCDSLag: an envoy with live PCDS still lags PCDSGrace after the
+	// phase began (--pace fast). istio-agent can keep a retired root in
+	// ROOTCA when a certificate request istiod answered before its reload
+	// returns after the PCDS push: it merges that answer's roots into
+	// ROOTCA and keeps them until its next rotation, SECRET_TTL/2 later
+	// (security/pkg/nodeagent/cache/secretcache.go).
+	ReasonPCDSLag = "pcds-lag"
 	// ReasonIstiodReload: istiod did not hot-reload the bundle in time.
 	ReasonIstiodReload = "istiod-reload"
 	// ReasonOneStep: the one-step strategy restarts everything.

@@ -292,14 +292,18 @@ func (e *Engine) oneStep(ctx context.Context, st *state) error {
 	if err := e.restartZtunnels(ctx, st, PhaseIssue, ReasonOneStep); err != nil {
 		return err
 	}
-	envoys, err := e.envoysToRestart(ctx, st, nil)
+	envoys, err := e.envoyWorkloads(ctx, st, nil, false)
 	if err != nil {
 		return err
 	}
 	if err := e.restart(ctx, st, PhaseIssue, ReasonOneStep, envoys...); err != nil {
 		return err
 	}
-	waited, err := e.waitConverged(ctx, st, PhaseIssue, expectation(st.record, PhaseIssue, want.RootCert), time.Time{})
+	timeout, err := e.verifyTimeout(ctx, st)
+	if err != nil {
+		return err
+	}
+	waited, _, err := e.waitConverged(ctx, st, PhaseIssue, expectation(st.record, PhaseIssue, want.RootCert), time.Time{}, timeout)
 	if err != nil {
 		return err
 	}

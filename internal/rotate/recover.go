@@ -220,7 +220,7 @@ func (e *Engine) recover(ctx context.Context, st *state, next *bundle.Bundle) (*
 	if err := e.restartZtunnels(ctx, st, PhaseRecover, ReasonRecover); err != nil {
 		return nil, err
 	}
-	envoys, err := e.envoysToRestart(ctx, st, nil)
+	envoys, err := e.envoyWorkloads(ctx, st, nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -229,7 +229,11 @@ func (e *Engine) recover(ctx context.Context, st *state, next *bundle.Bundle) (*
 	}
 	sum := sha256.Sum256(next.RootCert)
 	exp := verify.Expectation{Source: "recovered CA", Roots: []string{r.NewRoot}, Signer: r.NewSigner, RootCertSHA256: hex.EncodeToString(sum[:])}
-	if _, err := e.waitConverged(ctx, st, PhaseRecover, exp, time.Time{}); err != nil {
+	timeout, err := e.verifyTimeout(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := e.waitConverged(ctx, st, PhaseRecover, exp, time.Time{}, timeout); err != nil {
 		return nil, err
 	}
 	r.Proven = since()

@@ -2,6 +2,7 @@ package rotate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -178,9 +179,52 @@ func (e *Engine) converge(ctx context.Context, st *state, p Phase, rootPEM []byt
 	if r := st.record.reloaded(p); r != nil {
 		expected = r.Add(certTTL(zs) / 2)
 	}
-	w, err := e.waitConverged(ctx, st, p, exp, expected)
+	timeout, err := e.verifyTimeout(ctx, st)
+	if err != nil {
+		return waited, err
+	}
+	if e.opts.Pace != PaceFast {
+		w, _, err := e.waitConverged(ctx, st, p, exp, expected, timeout)
+		return waited + w, err
+	}
+	// PaceFast left the envoys with live PCDS to catch up by themselves;
+	// one that has not within PCDSGrace will not before its next rotation
+	// (ReasonPCDSLag): restart it too, then wait for the rest of the time.
+	grace := min(PCDSGrace, timeout/2)
+	w, last, err := e.waitConverged(ctx, st, p, exp, expected, grace)
+	waited += w
+	if err == nil || last == nil || !errors.Is(err, errNotConverged) {
+		return waited, err
+	}
+	envoys := map[string]bool{}
+	for _, r := range last.Failing() {
+		if r.Kind != mesh.KindZtunnel {
+			envoys[r.Namespace+"/"+r.Name] = true
+		}
+	}
+	refs, err := e.envoyWorkloads(ctx, st, envoys, true)
+	if err != nil {
+		return waited, err
+	}
+	if len(refs) > 0 {
+		e.emit(Event{Kind: EventNote, Cluster: st.c.Name, Phase: p, Detail: fmt.Sprintf(
+			"phase %s: still lagging %s into the phase: %s; an envoy with live PCDS that has not caught up by now keeps what it holds until its next renewal (SECRET_TTL/2): restarting its workload",
+			p, grace, lagging(last))})
+	}
+	w0 := e.opts.Now()
+	if err := e.restart(ctx, st, p, ReasonPCDSLag, refs...); err != nil {
+		return waited, err
+	}
+	waited += e.opts.Now().Sub(w0)
+	w, _, err = e.waitConverged(ctx, st, p, exp, expected, max(timeout-grace, time.Second))
 	return waited + w, err
 }
+
+// PCDSGrace is how long PaceFast waits for envoys with live PCDS to hold a
+// phase by themselves before it restarts them (ReasonPCDSLag). A healthy
+// istio-agent applies a pushed trust bundle and re-signs within a second or
+// two; the grace leaves room for a loaded machine.
+const PCDSGrace = 30 * time.Second
 
 // lagRestarts lists, for PaceFast, the workloads of the lagging proxies that
 // cannot catch up by themselves: the ztunnel DaemonSets with a lagging pod
@@ -203,18 +247,19 @@ func (e *Engine) lagRestarts(ctx context.Context, st *state, rep *verify.Report,
 			}
 		}
 	}
-	envoys, err := e.envoysToRestart(ctx, st, lagging)
+	envoys, err := e.envoyWorkloads(ctx, st, lagging, false)
 	if err != nil {
 		return nil, err
 	}
 	return append(refs, envoys...), nil
 }
 
-// envoysToRestart lists the owners of envoy proxies that will not pick new
-// roots up by themselves (PCDS not live), waypoints first, then gateways,
-// then sidecar workloads; only those with a pod in lagging unless lagging
-// is nil (then every envoy workload, PCDS or not: the one-step strategy).
-func (e *Engine) envoysToRestart(ctx context.Context, st *state, lagging map[string]bool) ([]rollout.Ref, error) {
+// envoyWorkloads lists the owners of envoy proxies to restart, waypoints
+// first, then gateways, then sidecar workloads: those with a pod in
+// lagging, and of those only the ones that will not pick new roots up by
+// themselves (PCDS not live) unless withLivePCDS; every envoy workload,
+// PCDS or not, when lagging is nil (the one-step strategy).
+func (e *Engine) envoyWorkloads(ctx context.Context, st *state, lagging map[string]bool, withLivePCDS bool) ([]rollout.Ref, error) {
 	in, err := mesh.Discover(ctx, st.c.Client, mesh.Options{Namespace: st.c.Namespace})
 	if err != nil {
 		return nil, err
@@ -230,7 +275,7 @@ func (e *Engine) envoysToRestart(ctx context.Context, st *state, lagging map[str
 			if p.Kind != kind || p.Owner.Name == "" {
 				continue
 			}
-			if lagging != nil && (!lagging[p.Namespace+"/"+p.Name] || (p.XDSAgent && multiRoot)) {
+			if lagging != nil && (!lagging[p.Namespace+"/"+p.Name] || (p.XDSAgent && multiRoot && !withLivePCDS)) {
 				continue
 			}
 			ref := rollout.Ref{Kind: p.Owner.Kind, Namespace: p.Namespace, Name: p.Owner.Name}
@@ -243,22 +288,30 @@ func (e *Engine) envoysToRestart(ctx context.Context, st *state, lagging map[str
 	return refs, nil
 }
 
-// waitConverged polls the fleet until it holds phase p, reporting progress
-// each time the count of converged proxies changes, for at most
-// VerifyTimeout (the certificate lifetime with PaceGentle).
-func (e *Engine) waitConverged(ctx context.Context, st *state, p Phase, exp verify.Expectation, expected time.Time) (time.Duration, error) {
-	timeout := e.opts.VerifyTimeout
-	interval := time.Second
-	if timeout == 0 {
-		timeout = 5 * time.Minute
-		if e.opts.Pace == PaceGentle {
-			zs, err := e.ztunnels(ctx, st)
-			if err != nil {
-				return 0, err
-			}
-			timeout = certTTL(zs)
-		}
+// verifyTimeout is how long a phase may take to converge: VerifyTimeout,
+// else the certificate lifetime with PaceGentle and 5 minutes otherwise.
+func (e *Engine) verifyTimeout(ctx context.Context, st *state) (time.Duration, error) {
+	if e.opts.VerifyTimeout != 0 {
+		return e.opts.VerifyTimeout, nil
 	}
+	if e.opts.Pace != PaceGentle {
+		return 5 * time.Minute, nil
+	}
+	zs, err := e.ztunnels(ctx, st)
+	if err != nil {
+		return 0, err
+	}
+	return certTTL(zs), nil
+}
+
+// errNotConverged: the fleet did not hold the phase within the timeout.
+var errNotConverged = errors.New("the fleet did not converge")
+
+// waitConverged polls the fleet until it holds phase p, reporting progress
+// each time the count of converged proxies changes, for at most timeout.
+// It returns the last report read.
+func (e *Engine) waitConverged(ctx context.Context, st *state, p Phase, exp verify.Expectation, expected time.Time, timeout time.Duration) (time.Duration, *verify.Report, error) {
+	interval := time.Second
 	if e.opts.Pace == PaceGentle {
 		interval = 2 * time.Second
 	}
@@ -296,12 +349,12 @@ func (e *Engine) waitConverged(ctx context.Context, st *state, p Phase, exp veri
 	})
 	waited := e.opts.Now().Sub(w0)
 	if err != nil {
-		if last != nil {
-			return waited, fmt.Errorf("the fleet did not converge within %s: %s (run meshca rotate again to keep waiting; --pace fast restarts the lagging proxies)", timeout, lagging(last))
+		if last != nil && ctx.Err() == nil {
+			return waited, last, fmt.Errorf("%w within %s: %s (run meshca rotate again to keep waiting; --pace fast restarts the lagging proxies)", errNotConverged, timeout, lagging(last))
 		}
-		return waited, err
+		return waited, last, err
 	}
-	return waited, nil
+	return waited, last, nil
 }
 
 // restart restarts refs one after the other, waiting for each rollout.

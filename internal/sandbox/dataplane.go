@@ -65,6 +65,9 @@ type proxyPod struct {
 	// lastPush is the root-cert.pem last pushed to an agent, so only
 	// changes are pushed.
 	lastPush []byte
+	// pcdsStalled: a fault a test injects (Sandbox.StallPCDS); the
+	// simulated agent gets no more trust-bundle pushes.
+	pcdsStalled bool
 	// ready is set once the pod's Ready condition was written.
 	ready bool
 }
@@ -311,7 +314,7 @@ func (d *dataPlane) rootCertChanged(ns string, pem []byte) {
 	d.mu.Lock()
 	var targets []*proxyPod
 	for _, p := range d.proxies {
-		if (p.a != nil || p.agent != nil) && p.ns == ns && !bytes.Equal(p.lastPush, pem) {
+		if (p.a != nil || p.agent != nil) && p.ns == ns && !p.pcdsStalled && !bytes.Equal(p.lastPush, pem) {
 			p.lastPush = pem
 			targets = append(targets, p)
 		}

@@ -364,6 +364,31 @@ func (s *Sandbox) Draining() int {
 	return n
 }
 
+// StallPCDS injects a fault for tests: the simulated istio-agent of pod
+// ns/name gets no more trust-bundle pushes, so it keeps the roots it holds
+// although its pod says PCDS is live, like a real istio-agent whose ROOTCA
+// kept a retired root (rotate.ReasonPCDSLag). The pod's replacement is
+// not affected. It reports whether the pod runs a simulated agent.
+func (s *Sandbox) StallPCDS(ns, name string) bool {
+	for _, m := range s.members {
+		if m.rt == nil {
+			continue
+		}
+		d := m.rt.data
+		d.mu.Lock()
+		p := d.proxies[ns+"/"+name]
+		ok := p != nil && p.a != nil
+		if ok {
+			p.pcdsStalled = true
+		}
+		d.mu.Unlock()
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
 // IstiodVersion is the version of the istiod the sandbox runs.
 func (s *Sandbox) IstiodVersion() string { return s.opts.istiodVersion }
 

@@ -115,7 +115,8 @@ nothing (saying so) when they are the same.
 long-lived connections through its node (gRPC streams, pools, websockets):
   fast    (default) in each phase, restart the proxies that lag and cannot
           catch up by themselves: never a ztunnel that already converged,
-          never an envoy with live PCDS.
+          an envoy with live PCDS only if it still lags 30s into the phase
+          (istio-agent can keep a retired root until its next renewal).
   gentle  restart only what correctness requires: ztunnel before 1.28.6,
           1.29.2 and 1.30.0 (no CA_CERT_WATCHER) once after the trust phase;
           wait for the half-life refresh (SECRET_TTL/2) for the rest.
