@@ -61,7 +61,7 @@ check_disk() {
 
 build() {
 	mkdir -p bin
-	echo "controlplane: building ${binaries[*]} into bin/ (cold: ~9 min, warm: <1 min)" >&2
+	echo "controlplane: building ${binaries[*]} into bin/ (cold: ~18 min on 2 cores, warm: <1 min)" >&2
 	local log start pid elapsed next status
 	log="$(mktemp "${TMPDIR:-/tmp}/controlplane-build.XXXXXX")"
 	start=$SECONDS

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # meshca's demo (make demo): on the sandbox — a real kube-apiserver, kwok
-# nodes and a real istiod with a simulated ambient data plane under mTLS probe
-# traffic (sandbox up --agent real runs the real pilot-agent behind the envoy
-# pods instead; it is opt-in while issue 8 is open) — first show the problem (the field note's one-step rotation fails
-# handshakes), then rotate a fresh mesh's CA in three proven phases and end
+# nodes and a real istiod; the envoy pods (waypoints, gateway) run the real
+# pilot-agent with meshca's envoy stand-in, ztunnel is simulated; all under
+# mTLS probe traffic — first show the problem (the field note's one-step
+# rotation fails handshakes), then rotate a fresh mesh's CA in three proven phases and end
 # with the probe's handshake count and the fleet summary.
 #
 # Environment: DEMO_DIR (default .sandbox/demo), DEMO_NODES (default 3),

@@ -82,11 +82,9 @@ type Options struct {
 	// the webhook and istiod's injection templates.
 	Sidecars int
 	// Agent is what backs the envoy pods (waypoints, gateway, sidecars):
-	// AgentReal runs the real pilot-agent with the envoy stand-in behind
-	// it; AgentSimulated (the default) the in-process simulated
-	// istio-agent. The real agent is opt-in while one of its behaviours is
-	// open: in some retire phases one envoy kept the retired root in ROOTCA
-	// for minutes (issue 8).
+	// AgentReal (the default) runs the real pilot-agent with the envoy
+	// stand-in behind it; AgentSimulated the in-process simulated
+	// istio-agent, into which tests can inject faults (StallPCDS).
 	Agent string
 	// RootCertVolumeDelay is how long after istiod rewrites a namespace's
 	// istio-ca-root-cert the file mounted into a real agent's pod changes,
@@ -160,7 +158,7 @@ func (o *Options) defaults() error {
 	}
 	switch o.Agent {
 	case "":
-		o.Agent = AgentSimulated
+		o.Agent = AgentReal
 	case AgentSimulated, AgentReal:
 	default:
 		return fmt.Errorf("sandbox: --agent %q: use %s (pilot-agent built from the istio pin, with the envoy stand-in) or %s", o.Agent, AgentReal, AgentSimulated)

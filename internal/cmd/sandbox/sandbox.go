@@ -88,7 +88,7 @@ func newUpCmd(env *cli.Env) *cobra.Command {
 	f.BoolVar(&o.XDSAgent, "xds-agent", true, "set PROXY_CONFIG_XDS_AGENT=true in the mesh config (PCDS for envoy proxies)")
 	f.StringVar(&o.ZtunnelVersion, "ztunnel-version", "1.28", "simulated ztunnel: 1.28 (1.28.1: istiod trust fixed at start), 1.28.6 or 1.30 (CA_CERT_WATCHER re-reads it)")
 	f.DurationVar(&o.GracePeriod, "grace-period", 30*time.Second, "terminationGracePeriodSeconds of the proxy pods (the Istio charts' 30s); ztunnel closes what it holds at grace-5s (grace-1s up to 10s), envoy after min(5s, grace-1s)")
-	f.StringVar(&o.Agent, "agent", sandbox.AgentSimulated, "what runs the envoy pods (waypoints, gateway, sidecars): real (the real pilot-agent built from the istio pin, with meshca's envoy stand-in as its envoy) or simulated (the in-process simulated istio-agent)")
+	f.StringVar(&o.Agent, "agent", sandbox.AgentReal, "what runs the envoy pods (waypoints, gateway, sidecars): real (the real pilot-agent built from the istio pin, with meshca's envoy stand-in as its envoy) or simulated (the in-process simulated istio-agent)")
 	f.IntVar(&o.Sidecars, "sidecars", 0, "sidecar workloads in namespace "+sandbox.SidecarNamespace+" (labelled istio-injection=enabled), injected by istiod's own webhook; their pods are created with the mesh config of that moment (--xds-agent=false: without PROXY_CONFIG_XDS_AGENT)")
 	f.DurationVar(&o.RootCertVolumeDelay, "root-cert-volume-delay", sandbox.DefaultRootCertVolumeDelay, "with --agent real: how long after istiod rewrites istio-ca-root-cert the file mounted into the agents changes (kubelet's ConfigMap volume refresh)")
 	f.IntVar(&o.Clusters, "clusters", 1, "clusters sharing one root, an intermediate each (contexts cluster-1 … cluster-N in DIR/kubeconfig)")
