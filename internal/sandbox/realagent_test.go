@@ -50,47 +50,57 @@ func TestRealAgentBacksEnvoyPods(t *testing.T) {
 		t.Fatalf("envoy pods never all held a certificate from a real pilot-agent: %v; %+v", err, st.Proxies)
 	}
 	// The probe's handshakes to an envoy pod are served by the pod's own
-	// envoy stand-in process, which counts them on its inbound listener.
-	// Waypoints accept the probe's connections; the ingress gateway only
-	// originates them.
-	served := map[string]uint64{}
+	// envoy stand-in process, which counts them on its inbound listener,
+	// and those the pod originates go through its outbound listener.
+	// Waypoints accept the probe's connections and originate some; the
+	// ingress gateway only originates them.
+	served, originated := map[string]uint64{}, map[string]uint64{}
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		st, err := s.Status(ctx)
 		if err != nil {
 			return false, err
 		}
 		for _, p := range st.Proxies {
+			if p.Kind == "ztunnel" {
+				continue
+			}
+			var err error
+			if originated[p.Pod], err = stubStat(ctx, p.EnvoyAdmin, "downstream_cx_total", true); err != nil {
+				return false, err
+			}
+			if originated[p.Pod] == 0 {
+				return false, nil
+			}
 			if p.Kind != "waypoint" {
 				continue
 			}
-			n, err := stubHandshakes(ctx, p.EnvoyAdmin)
-			if err != nil {
+			if served[p.Pod], err = stubStat(ctx, p.EnvoyAdmin, "ssl.handshake", false); err != nil {
 				return false, err
 			}
-			served[p.Pod] = n
-			if n == 0 {
+			if served[p.Pod] == 0 {
 				return false, nil
 			}
 		}
 		return s.Probe().Handshakes > 0, nil
 	})
 	if err != nil {
-		t.Fatalf("the envoy stand-ins never served the probe: %v (handshakes by pod: %v)", err, served)
+		t.Fatalf("the envoy stand-ins never carried the probe: %v (handshakes served by pod: %v, connections originated: %v)", err, served, originated)
 	}
 	snap := s.Probe()
-	t.Logf("%d envoy pods on the real agent; probe: %d handshakes, %d failed; served by the stand-ins: %v", envoys, snap.Handshakes, snap.Failures, served)
+	t.Logf("%d envoy pods on the real agent; probe: %d handshakes, %d failed; served by the stand-ins: %v; originated through them: %v", envoys, snap.Handshakes, snap.Failures, served, originated)
 	if snap.Failures != 0 {
 		t.Errorf("probe through the real agents: %d handshakes, %d failed", snap.Handshakes, snap.Failures)
 	}
 }
 
-// stubHandshakes reads an envoy stand-in's listener.<address>.ssl.handshake
-// from its admin /stats.
-func stubHandshakes(ctx context.Context, admin string) (uint64, error) {
+// stubStat reads a listener stat of an envoy stand-in from its admin
+// /stats: the one ending in name of its inbound listener (the one with
+// ssl stats), or of its outbound listener (the other) when outbound.
+func stubStat(ctx context.Context, admin, name string, outbound bool) (uint64, error) {
 	if admin == "" {
 		return 0, errors.New("no envoy admin address in the sandbox status")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/stats?filter=ssl.handshake", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/stats?filter=^listener", nil)
 	if err != nil {
 		return 0, err
 	}
@@ -103,13 +113,23 @@ func stubHandshakes(ctx context.Context, admin string) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	stats := map[string]string{}
+	inbound := ""
 	for _, line := range strings.Split(strings.TrimSpace(string(body)), "\n") {
-		name, v, ok := strings.Cut(line, ": ")
-		if ok && strings.HasPrefix(name, "listener.") && strings.HasSuffix(name, ".ssl.handshake") {
+		if k, v, ok := strings.Cut(line, ": "); ok {
+			stats[k] = v
+			if l, ok := strings.CutSuffix(k, ".ssl.handshake"); ok {
+				inbound = l
+			}
+		}
+	}
+	for k, v := range stats {
+		l, ok := strings.CutSuffix(k, "."+name)
+		if ok && (l == inbound) != outbound {
 			return strconv.ParseUint(v, 10, 64)
 		}
 	}
-	return 0, fmt.Errorf("envoy admin %s: no listener ssl.handshake stat in %q", admin, body)
+	return 0, fmt.Errorf("envoy admin %s: no %s stat of the %s listener in %q", admin, name, map[bool]string{true: "outbound", false: "inbound"}[outbound], body)
 }
 
 // TestRealAgentAppliesPCDSTrustBundle: in the trust phase the real

@@ -65,7 +65,7 @@ func run(log *slog.Logger, args []string) error {
 	if err := s.start(ctx); err != nil {
 		return err
 	}
-	reason := "envoy " + boot.node.GetId() + " exited"
+	reason := s.name() + " exited"
 	select {
 	case <-ctx.Done():
 		log.Info("envoy stand-in: signal received, exiting")

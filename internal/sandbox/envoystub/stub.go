@@ -42,6 +42,9 @@ type stub struct {
 	// what SDS gave; nil when the pod has no inbound port (env
 	// mesh.EnvStubInbound unset).
 	inbound *mesh.EnvoyInbound
+	// outbound originates the probe's connections from this pod; nil
+	// when the pod has no outbound port (mesh.EnvStubOutbound unset).
+	outbound *mesh.EnvoyOutbound
 	// creds are the parsed "default" certificate and "ROOTCA" roots.
 	credMu sync.Mutex
 	cert   *mesh.Certificate
@@ -55,6 +58,15 @@ func newStub(boot *bootstrap, log *slog.Logger) *stub {
 		s.takeSecret(sec)
 	})
 	return s
+}
+
+// name is how reasons name this envoy: "envoy <namespace>/<pod>" from the
+// pod env pilot-agent passes on, else its node ID.
+func (s *stub) name() string {
+	if ns, pod := os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME"); ns != "" && pod != "" {
+		return "envoy " + ns + "/" + pod
+	}
+	return "envoy " + s.boot.node.GetId()
 }
 
 // takeSecret parses a secret SDS pushed into what the inbound listener
@@ -117,13 +129,23 @@ func (s *stub) start(ctx context.Context) error {
 	}
 	if addr := os.Getenv(mesh.EnvStubInbound); addr != "" {
 		s.inbound, err = mesh.StartEnvoyInbound(mesh.EnvoyInboundOptions{
-			Name: "envoy " + s.boot.node.GetId(), Addr: addr, EventLog: os.Getenv(mesh.EnvStubEventLog),
+			Name: s.name(), Addr: addr, EventLog: os.Getenv(mesh.EnvStubEventLog),
 			Credentials: s.credentials, Now: now, Logger: s.log,
 		})
 		if err != nil {
 			return err
 		}
 		s.log.Info("inbound listener serving with the agent's SDS secrets", "addr", s.inbound.Addr())
+		if addr := os.Getenv(mesh.EnvStubOutbound); addr != "" {
+			s.outbound, err = mesh.StartEnvoyOutbound(mesh.EnvoyOutboundOptions{
+				Name: s.name(), Addr: addr, Credentials: s.credentials,
+				Events: s.inbound, Now: now, Logger: s.log,
+			})
+			if err != nil {
+				return err
+			}
+			s.log.Info("outbound listener connecting with the agent's SDS secrets", "addr", s.outbound.Addr())
+		}
 	}
 	if err := s.sds.Start(); err != nil {
 		return err
@@ -138,6 +160,9 @@ func (s *stub) start(ctx context.Context) error {
 }
 
 func (s *stub) close(reason string) {
+	if s.outbound != nil {
+		s.outbound.Close(reason)
+	}
 	if s.inbound != nil {
 		s.inbound.Close(reason)
 	}
@@ -254,6 +279,13 @@ func (s *stub) statLines() []statLine {
 			statLine{pre + "ssl.connection_error", false, st.SSLConnectError},
 			statLine{pre + "ssl.fail_verify_error", false, st.SSLFailVerify},
 			statLine{pre + "ssl.handshake", false, st.SSLHandshake},
+		)
+	}
+	if s.outbound != nil {
+		st, pre := s.outbound.Stats(), "listener."+strings.ReplaceAll(s.outbound.Addr(), ":", "_")+"."
+		lines = append(lines,
+			statLine{pre + "downstream_cx_active", true, st.DownstreamCxActive},
+			statLine{pre + "downstream_cx_total", false, st.DownstreamCxTotal},
 		)
 	}
 	return lines

@@ -26,6 +26,10 @@ type AgentProxyOptions struct {
 	// runs serves the probe's mTLS handshakes, and EventLog the stand-in's
 	// event log (see StartEnvoyInbound).
 	InboundAddr, EventLog string
+	// OutboundAddr is the stand-in's outbound listener
+	// (StartEnvoyOutbound), through which the pod originates the probe's
+	// connections; empty to connect as the pod from here.
+	OutboundAddr string
 	// Exited closes when the pod's pilot-agent process has exited (its
 	// envoy is gone by then).
 	Exited <-chan struct{}
@@ -36,18 +40,18 @@ type AgentProxyOptions struct {
 }
 
 // AgentProxy is the probe's view of an envoy pod whose istio-agent is the
-// real pilot-agent.
+// real pilot-agent. Both ends of the pod's probe connections are the pod's
+// own envoy stand-in process, which the agent started:
+//   - the probe dials its inbound listener, which presents the agent's
+//     "default" secret and trusts exactly its "ROOTCA";
+//   - connections the pod originates go through its outbound listener:
+//     the stand-in makes the mTLS connection with the same secrets.
 //
-// The server side is the pod's own envoy stand-in process, which the agent
-// started: the probe dials its inbound listener, which presents the agent's
-// "default" secret and trusts exactly its "ROOTCA"; why it rejected a
-// handshake or ended a connection is read from the stand-in's event log.
-//
-// The client side, when the pod originates a probe connection, is here: an
-// SDS client of the agent's socket (a second subscriber the agent serves
-// the same secrets to), whose certificate and roots the probe's TLS client
-// uses. The certificate, key and roots all come from the real agent;
-// nothing here requests a certificate or decides trust on its own.
+// Why the stand-in rejected a handshake or ended a connection is read from
+// its event log. An SDS client of the agent's socket here (a second
+// subscriber the agent serves the same secrets to) tells the sandbox what
+// the pod holds, for its status and readiness; nothing here requests a
+// certificate or decides trust on its own.
 type AgentProxy struct {
 	kind     Kind
 	name     string
@@ -61,6 +65,11 @@ type AgentProxy struct {
 	sds      *SDSWatch
 	done     chan struct{}
 	once     sync.Once
+	exitOnce sync.Once
+	// outbound is the envoy stand-in's outbound listener, through which
+	// the pod originates the probe's connections; empty when the probe
+	// connects as the pod itself.
+	outboundListener string
 
 	mu      sync.Mutex
 	cert    *Certificate
@@ -100,7 +109,7 @@ func StartAgentProxy(opts AgentProxyOptions) (*AgentProxy, error) {
 		now = time.Now
 	}
 	p := &AgentProxy{kind: opts.Kind, name: name, node: opts.Node, identity: opts.Identity, now: now,
-		inbound: opts.InboundAddr, events: newEventReader(opts.EventLog), exited: opts.Exited,
+		inbound: opts.InboundAddr, outboundListener: opts.OutboundAddr, events: newEventReader(opts.EventLog), exited: opts.Exited,
 		log: log.With("proxy", label), done: make(chan struct{}),
 		outbound: map[net.Conn]struct{}{}, outEnds: map[string]string{}}
 	p.sds = NewSDSWatch(opts.SDSSocket, label, p.log, p.update)
@@ -200,6 +209,9 @@ func (p *AgentProxy) credentials(identity string) (*Certificate, []*x509.Certifi
 
 func (p *AgentProxy) server() serverSide { return p }
 
+// outboundAddr implements outboundVia.
+func (p *AgentProxy) outboundAddr() string { return p.outboundListener }
+
 // issuanceError implements Proxy: the CSR is the agent's; the sandbox
 // reads its failures from the agent's own counter.
 func (p *AgentProxy) issuanceError(string) string { return "" }
@@ -225,11 +237,19 @@ func (p *AgentProxy) Drain(after time.Duration, _ string) {
 // agentExited ends the connections the pod originated, as its envoy's end
 // does, and stops the SDS subscription.
 func (p *AgentProxy) agentExited() {
-	p.mu.Lock()
-	p.exitedAt = p.now()
-	p.mu.Unlock()
-	p.endOutbound(p.exitReason())
+	p.onExit()
 	p.Stop()
+}
+
+// onExit records when the agent was seen to exit and ends the connections
+// the pod originated with the reason; once.
+func (p *AgentProxy) onExit() {
+	p.exitOnce.Do(func() {
+		p.mu.Lock()
+		p.exitedAt = p.now()
+		p.mu.Unlock()
+		p.endOutbound(p.exitReason())
+	})
 }
 
 // exitReason says how the pod's envoy ended, from the stand-in's log and
@@ -297,24 +317,13 @@ func (p *AgentProxy) takeError(remote string) (string, bool) {
 const exitWait = 2 * time.Second
 
 // endReason implements serverSide: why the connection whose probe-side
-// address is local ended on this pod. An outbound one ended here; an
-// inbound one the stand-in ended itself (its log says why), or it ended
-// with the stand-in's process when the agent killed it after a drain.
+// address is local (or, for a connection this pod accepted, the address it
+// saw) ended on this pod. The stand-in's log says why when it ended the
+// connection itself; after a drain, the connection ended with the
+// stand-in's process when the agent, or kubelet, killed it.
 func (p *AgentProxy) endReason(local string) (string, bool) {
-	p.mu.Lock()
-	r, ok := p.outEnds[local]
-	delete(p.outEnds, local)
-	mine := false
-	for c := range p.outbound {
-		mine = mine || c.LocalAddr().String() == local
-	}
-	p.mu.Unlock()
-	if ok {
+	if r, ok := p.takeOutEnd(local); ok {
 		return r, true
-	}
-	if mine {
-		// Still open on this side: it did not end here.
-		return "", false
 	}
 	if r, ok := p.events.take(false, local); ok {
 		return r, true
@@ -326,10 +335,23 @@ func (p *AgentProxy) endReason(local string) (string, bool) {
 	defer t.Stop()
 	select {
 	case <-p.exited:
-		return p.exitReason(), true
+	case <-p.done:
 	case <-t.C:
 		return "", false
 	}
+	p.onExit()
+	if r, ok := p.takeOutEnd(local); ok {
+		return r, true
+	}
+	return p.exitReason(), true
+}
+
+func (p *AgentProxy) takeOutEnd(local string) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r, ok := p.outEnds[local]
+	delete(p.outEnds, local)
+	return r, ok
 }
 
 // trackOutbound implements serverSide.

@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"context"
-	"crypto/tls"
 	"math/rand/v2"
 	"net"
 	"time"
@@ -12,11 +11,13 @@ import (
 // one, then kept open with a ping every PingInterval until the Probe stops or
 // the connection ends on its own (a reset).
 type longConn struct {
-	pp      probePair
-	conn    *tls.Conn
-	raw     net.Conn
-	untrack func()
-	cancel  context.CancelFunc
+	pp   probePair
+	conn net.Conn
+	raw  net.Conn
+	// serverKey is the client address the server saw.
+	serverKey string
+	untrack   func()
+	cancel    context.CancelFunc
 }
 
 // topUpLong opens, for every pair kind of eps, the long-lived connections
@@ -66,7 +67,7 @@ func (p *Probe) openLong(ctx context.Context, pp probePair) {
 		return
 	}
 	lctx, cancel := context.WithCancel(ctx)
-	lc := &longConn{pp: pp, conn: res.conn, raw: res.raw, untrack: untrack, cancel: cancel}
+	lc := &longConn{pp: pp, conn: res.conn, raw: res.raw, serverKey: res.serverKey, untrack: untrack, cancel: cancel}
 	p.longMu.Lock()
 	p.long[lc] = struct{}{}
 	p.longWG.Add(1)
@@ -115,7 +116,7 @@ func (p *Probe) reset(lc *longConn, err error) {
 	reason := ""
 	if r, ok := lc.pp.src.Proxy.server().endReason(local); ok {
 		reason = "client side: " + r
-	} else if r, ok := lc.pp.dst.Proxy.server().endReason(local); ok {
+	} else if r, ok := lc.pp.dst.Proxy.server().endReason(lc.serverKey); ok {
 		reason = "server side: " + r
 	} else if err != nil {
 		reason = "connection error: " + err.Error()

@@ -176,20 +176,26 @@ func shortFingerprints(certs []*x509.Certificate) string {
 }
 
 // clientConfig returns the TLS configuration with which p connects as
-// identity src to a peer that must present dst: TLS 1.3 only, p's current
-// certificate, and the server's chain verified against p's CURRENT roots with
-// dst's SPIFFE URI required. ok is false when p holds no certificate for src.
+// identity src to a peer that must present dst (clientTLS with p's current
+// credentials); ok is false when p holds no certificate for src.
 func clientConfig(p Proxy, src, dst string, now func() time.Time) (*tls.Config, bool) {
 	cert, roots, ok := p.credentials(src)
 	if !ok {
 		return nil, false
 	}
+	return clientTLS(cert, roots, src, dst, now), true
+}
+
+// clientTLS is the configuration of a client holding cert that trusts
+// roots: TLS 1.3 only, and the server's chain verified against those roots
+// with dst's SPIFFE URI required.
+func clientTLS(cert *Certificate, roots []*x509.Certificate, src, dst string, now func() time.Time) *tls.Config {
 	tc := cert.tlsCertificate()
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		MaxVersion: tls.VersionTLS13,
 		ServerName: sniFor(dst),
-		// Verification is done below against this proxy's current roots and
+		// Verification is done below against the client's current roots and
 		// the expected SPIFFE identity, as ztunnel and envoy do; there is no
 		// DNS name to check.
 		InsecureSkipVerify: true,
@@ -202,7 +208,7 @@ func clientConfig(p Proxy, src, dst string, now func() time.Time) (*tls.Config, 
 			}
 			return nil
 		},
-	}, true
+	}
 }
 
 // mtlsServer is a proxy's mTLS listener. Each accepted connection completes a

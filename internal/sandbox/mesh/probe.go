@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -600,8 +599,10 @@ type result struct {
 	outcome   outcome
 	reason    string
 	handshake bool
-	conn      *tls.Conn
+	conn      net.Conn
 	raw       net.Conn
+	// serverKey is the client address the server saw (see connect).
+	serverKey string
 }
 
 func failed(reason string) result {
@@ -640,47 +641,35 @@ func (p *Probe) connect(ctx context.Context, pp probePair, keep bool) result {
 	dctx, cancel := context.WithTimeout(ctx, p.opts.Timeout)
 	defer cancel()
 	who := fmt.Sprintf("%s -> %s", pp.srcID, pp.dstID)
-	var d net.Dialer
-	raw, err := d.DialContext(dctx, "tcp", pp.dst.Address)
-	if err != nil {
-		if stopped() {
-			// The proxy stopped between the round's listing and the dial;
-			// its target has another proxy by now or shows as refused in
-			// the next round.
-			return result{outcome: outcomeSkipped}
-		}
-		return failed(fmt.Sprintf("%s: dial %s: %v", who, pp.dst.Address, err))
-	}
-	local := raw.LocalAddr().String()
-	if dl, ok := dctx.Deadline(); ok {
-		_ = raw.SetDeadline(dl)
-	}
-	conn := tls.Client(raw, cfg)
-	err = conn.HandshakeContext(dctx)
-	if err == nil {
-		// In TLS 1.3 the server judges the client certificate after the
-		// client has finished: its verdict arrives with the first read.
-		var line string
-		line, err = readLine(conn)
-		if err == nil && line != "ok\n" {
-			err = fmt.Errorf("unexpected server reply %q", line)
-		}
+	var (
+		c   mtlsClientConn
+		err error
+		// key is the client address the server saw: the probe's socket,
+		// or the envoy stand-in's when it made the connection.
+		key string
+	)
+	if via := outboundOf(pp.src.Proxy); via != "" {
+		c, key, err = connectVia(dctx, via, pp.dst.Address, pp.dstID)
+	} else {
+		c, err = dialMTLS(dctx, pp.dst.Address, cfg)
+		key = c.local
 	}
 	if err == nil {
 		if keep {
-			_ = raw.SetDeadline(time.Time{})
-			return result{outcome: outcomeOK, handshake: true, conn: conn, raw: raw}
+			_ = c.raw.SetDeadline(time.Time{})
+			return result{outcome: outcomeOK, handshake: true, conn: c.conn, raw: c.raw, serverKey: key}
 		}
-		_ = raw.Close()
+		_ = c.raw.Close()
 		return result{outcome: outcomeOK, handshake: true}
 	}
-	_ = raw.Close()
 	if stopped() {
-		// A pod that stopped under the attempt is not a certificate
-		// failure.
+		// The proxy stopped between the round's listing and the attempt;
+		// its target has another proxy by now or shows as refused in the
+		// next round. A pod that stopped under the attempt is not a
+		// certificate failure.
 		return result{outcome: outcomeSkipped}
 	}
-	if srvReason, ok := pp.dst.Proxy.server().takeError(local); ok {
+	if srvReason, ok := pp.dst.Proxy.server().takeError(key); ok {
 		return failed(who + ": " + srvReason)
 	}
 	return failed(who + ": " + err.Error())
@@ -688,10 +677,13 @@ func (p *Probe) connect(ctx context.Context, pp probePair, keep bool) result {
 
 // readLine reads one line byte by byte, so that nothing after it is
 // buffered away from the connection.
-func readLine(c net.Conn) (string, error) {
+func readLine(c net.Conn) (string, error) { return readLineMax(c, 64) }
+
+// readLineMax is readLine for lines of up to n bytes.
+func readLineMax(c net.Conn, n int) (string, error) {
 	var b []byte
 	one := make([]byte, 1)
-	for len(b) < 64 {
+	for len(b) < n {
 		if _, err := c.Read(one); err != nil {
 			return string(b), err
 		}
