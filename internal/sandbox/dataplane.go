@@ -58,8 +58,9 @@ type proxyPod struct {
 	z       *mesh.Ztunnel
 	a       *mesh.Agent
 	// e and agent back an envoy pod run by the real pilot-agent
-	// (Options.Agent == AgentReal): the probe's data path through the
-	// agent's SDS, and the process with its working directory.
+	// (Options.Agent == AgentReal): the probe's view of the pod (its envoy
+	// stand-in's listeners and event log, the agent's SDS), and the
+	// process with its working directory.
 	e     *mesh.AgentProxy
 	agent *agentPod
 	// lastPush is the root-cert.pem last pushed to an agent, so only

@@ -111,8 +111,8 @@ func (a *agentPod) healthy(ctx context.Context) error {
 // is the real pilot-agent: it lays out the pod's filesystem in its own
 // working directory (projected istio-ca token, istio-ca-root-cert volume,
 // mesh config, envoy bootstrap template of the image), starts pilot-agent
-// with the env of the pod spec, and opens the probe's data path to the
-// agent's SDS socket.
+// with the env of the pod spec and the ports of its envoy stand-in's
+// listeners, and gives the probe its view of the pod (mesh.AgentProxy).
 func (d *dataPlane) startRealAgent(ctx context.Context, pod *corev1.Pod, kind podKind) error {
 	key := pod.Namespace + "/" + pod.Name
 	env, _, grace, trust, err := d.podStart(pod)

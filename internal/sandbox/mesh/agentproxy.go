@@ -66,7 +66,7 @@ type AgentProxy struct {
 	done     chan struct{}
 	once     sync.Once
 	exitOnce sync.Once
-	// outbound is the envoy stand-in's outbound listener, through which
+	// outboundListener is the envoy stand-in's outbound listener, through which
 	// the pod originates the probe's connections; empty when the probe
 	// connects as the pod itself.
 	outboundListener string
