@@ -477,9 +477,12 @@ func (d *dataPlane) status() []proxyStatus {
 		if e := p.e; e != nil {
 			st := proxyStatus{Kind: string(e.Kind()), Pod: key, Node: e.Endpoint().Node, Identities: 1, Agent: agentLabel, Envoy: envoyLabel,
 				EnvoyAdmin: fmt.Sprintf("127.0.0.1:%d", p.agent.adminPort)}
-			if e.Ready() {
+			switch {
+			case e.Ready():
 				st.Available = 1
-			} else {
+			case p.agent.exited():
+				st.Problem = fmt.Sprintf("pilot-agent exited (%v): %s", p.agent.proc.Err(), p.agent.proc.LogTail())
+			default:
 				st.Problem = e.LastError()
 			}
 			out = append(out, st)

@@ -83,6 +83,16 @@ func (a *agentPod) cleanup() {
 	}
 }
 
+// exited reports whether the pod's pilot-agent process has exited.
+func (a *agentPod) exited() bool {
+	select {
+	case <-a.proc.Done():
+		return true
+	default:
+		return false
+	}
+}
+
 // rootCertDir is where the istio-ca-root-cert volume is mounted.
 func (a *agentPod) rootCertDir() string {
 	return filepath.Join(a.dir, "var", "run", "secrets", "istio")
@@ -153,7 +163,7 @@ func (d *dataPlane) startRealAgent(ctx context.Context, pod *corev1.Pod, kind po
 			return fmt.Errorf("%s %s: %w", kind, key, err)
 		}
 	}
-	ports, err := cluster.FreePorts(6)
+	ports, err := cluster.FreePorts(4)
 	if err != nil {
 		return err
 	}
@@ -184,13 +194,11 @@ func (d *dataPlane) startRealAgent(ctx context.Context, pod *corev1.Pod, kind po
 	}
 	e, err := mesh.StartAgentProxy(mesh.AgentProxyOptions{
 		Kind: mk, Namespace: pod.Namespace, Pod: pod.Name, Node: pod.Spec.NodeName,
-		Identity:     mesh.Identity{TrustDomain: TrustDomain, Namespace: pod.Namespace, ServiceAccount: sa},
-		SDSSocket:    filepath.Join(ap.link, "uds", "socket"),
-		InboundAddr:  fmt.Sprintf("127.0.0.1:%d", ports[4]),
-		OutboundAddr: fmt.Sprintf("127.0.0.1:%d", ports[5]),
-		EventLog:     filepath.Join(ap.dir, stubEventLog),
-		Exited:       ap.proc.Done(),
-		Logger:       slog.Default().With(kind.String(), key),
+		Identity:  mesh.Identity{TrustDomain: TrustDomain, Namespace: pod.Namespace, ServiceAccount: sa},
+		SDSSocket: filepath.Join(ap.link, "uds", "socket"),
+		EventLog:  filepath.Join(ap.dir, stubEventLog),
+		Exited:    ap.proc.Done(),
+		Logger:    slog.Default().With(kind.String(), key),
 	})
 	if err != nil {
 		ap.cleanup()
@@ -239,12 +247,15 @@ func (d *dataPlane) agentEnv(pod *corev1.Pod, env map[string]string, sa, stub, d
 		"ISTIOD_SAN":            mesh.DefaultServerName,
 		"ENVOY_STATUS_PORT":     fmt.Sprint(ports[2]),
 		"ENVOY_PROMETHEUS_PORT": fmt.Sprint(ports[3]),
-		// The envoy stand-in's inbound listener (the pod port the probe
-		// dials), its outbound listener (through which the pod originates
-		// the probe's connections) and its event log; see
-		// mesh.StartEnvoyInbound and mesh.StartEnvoyOutbound.
-		mesh.EnvStubInbound:  fmt.Sprintf("127.0.0.1:%d", ports[4]),
-		mesh.EnvStubOutbound: fmt.Sprintf("127.0.0.1:%d", ports[5]),
+		// The envoy stand-in's inbound listener (where the probe dials),
+		// its outbound listener (through which the pod originates the
+		// probe's connections) and its event log; see
+		// mesh.StartEnvoyInbound and mesh.StartEnvoyOutbound. It binds
+		// the listeners on any free port and names them in its log: a
+		// port chosen here could be taken by another process before the
+		// stand-in starts.
+		mesh.EnvStubInbound:  "127.0.0.1:0",
+		mesh.EnvStubOutbound: "127.0.0.1:0",
 		mesh.EnvStubEventLog: filepath.Join(dir, stubEventLog),
 		"PATH":               os.Getenv("PATH"),
 	}

@@ -81,8 +81,12 @@ func Start(ctx context.Context, opts Options) (_ *Sandbox, err error) {
 		}
 		opts.Logf("CA: plug-in CA whose %s expires in %s (at %s)", what, opts.CALifetime, time.Now().Add(opts.CALifetime).UTC().Format(time.RFC3339))
 	}
-	opts.Logf("istiod %s (pilot-discovery built from istio.io/istio; proxies simulated: ztunnel %s, envoy/istio-agent %s)",
-		opts.istiodVersion, ztunnelReleases[opts.ZtunnelVersion].tag, proxyVersion)
+	envoys := fmt.Sprintf("envoy pods: %s with %s", agentLabel, envoyLabel)
+	if opts.Agent == AgentSimulated {
+		envoys = "envoy/istio-agent simulated " + proxyVersion
+	}
+	opts.Logf("istiod %s (pilot-discovery built from istio.io/istio); ztunnel simulated %s; %s",
+		opts.istiodVersion, ztunnelReleases[opts.ZtunnelVersion].tag, envoys)
 	runCtx, cancel := context.WithCancel(context.Background())
 	s := &Sandbox{opts: opts, cancel: cancel, started: t0}
 	defer func() {

@@ -22,14 +22,11 @@ type AgentProxyOptions struct {
 	// SDSSocket is the agent's SDS socket (its working directory's
 	// var/run/secrets/workload-spiffe-uds/socket).
 	SDSSocket string
-	// InboundAddr is the pod port on which the envoy stand-in the agent
-	// runs serves the probe's mTLS handshakes, and EventLog the stand-in's
-	// event log (see StartEnvoyInbound).
-	InboundAddr, EventLog string
-	// OutboundAddr is the stand-in's outbound listener
-	// (StartEnvoyOutbound), through which the pod originates the probe's
-	// connections; empty to connect as the pod from here.
-	OutboundAddr string
+	// EventLog is the event log of the envoy stand-in the agent runs (see
+	// StartEnvoyInbound): it names the stand-in's inbound listener, where
+	// it serves the probe's handshakes, and its outbound listener, through
+	// which the pod originates the probe's connections.
+	EventLog string
 	// Exited closes when the pod's pilot-agent process has exited (its
 	// envoy is gone by then).
 	Exited <-chan struct{}
@@ -57,7 +54,6 @@ type AgentProxy struct {
 	name     string
 	node     string
 	identity Identity
-	inbound  string
 	events   *eventReader
 	exited   <-chan struct{}
 	now      func() time.Time
@@ -66,10 +62,6 @@ type AgentProxy struct {
 	done     chan struct{}
 	once     sync.Once
 	exitOnce sync.Once
-	// outboundListener is the envoy stand-in's outbound listener, through which
-	// the pod originates the probe's connections; empty when the probe
-	// connects as the pod itself.
-	outboundListener string
 
 	mu      sync.Mutex
 	cert    *Certificate
@@ -82,6 +74,9 @@ type AgentProxy struct {
 	draining bool
 	// exitedAt is when the agent process was seen to exit.
 	exitedAt time.Time
+	// inboundAddr and outboundListener are the stand-in's listeners,
+	// once its log named them.
+	inboundAddr, outboundListener string
 }
 
 // StartAgentProxy subscribes to the agent's SDS socket and follows the
@@ -92,8 +87,8 @@ func StartAgentProxy(opts AgentProxyOptions) (*AgentProxy, error) {
 	default:
 		return nil, fmt.Errorf("agent proxy %s/%s: kind %q: expected waypoint, gateway or sidecar", opts.Namespace, opts.Pod, opts.Kind)
 	}
-	if opts.Namespace == "" || opts.Pod == "" || opts.SDSSocket == "" || opts.InboundAddr == "" || opts.EventLog == "" || opts.Exited == nil {
-		return nil, errors.New("agent proxy: namespace, pod name, SDS socket, inbound address, event log and the agent's exit are required")
+	if opts.Namespace == "" || opts.Pod == "" || opts.SDSSocket == "" || opts.EventLog == "" || opts.Exited == nil {
+		return nil, errors.New("agent proxy: namespace, pod name, SDS socket, event log and the agent's exit are required")
 	}
 	name := opts.Namespace + "/" + opts.Pod
 	label := string(opts.Kind) + "/" + name
@@ -109,7 +104,7 @@ func StartAgentProxy(opts AgentProxyOptions) (*AgentProxy, error) {
 		now = time.Now
 	}
 	p := &AgentProxy{kind: opts.Kind, name: name, node: opts.Node, identity: opts.Identity, now: now,
-		inbound: opts.InboundAddr, outboundListener: opts.OutboundAddr, events: newEventReader(opts.EventLog), exited: opts.Exited,
+		events: newEventReader(opts.EventLog), exited: opts.Exited,
 		log: log.With("proxy", label), done: make(chan struct{}),
 		outbound: map[net.Conn]struct{}{}, outEnds: map[string]string{}}
 	p.sds = NewSDSWatch(opts.SDSSocket, label, p.log, p.update)
@@ -174,18 +169,22 @@ func (p *AgentProxy) RootCA() []*x509.Certificate {
 	return p.roots
 }
 
-// LastError is the last SDS problem, empty while the secrets flow.
+// LastError is the last SDS problem, or that the stand-in has not opened
+// its listeners; empty while the pod is ready.
 func (p *AgentProxy) LastError() string {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.lastErr != "" {
-		return p.lastErr
-	}
-	if p.cert == nil {
-		if e := p.sds.LastError(); e != "" {
-			return e
-		}
+	lastErr, cert := p.lastErr, p.cert
+	p.mu.Unlock()
+	switch {
+	case lastErr != "":
+		return lastErr
+	case cert == nil && p.sds.LastError() != "":
+		return p.sds.LastError()
+	case cert == nil:
 		return "no secret from the agent's SDS yet"
+	}
+	if in, out := p.listeners(); in == "" || out == "" {
+		return "the envoy stand-in has not opened its listeners yet (see " + p.events.path + ")"
 	}
 	return ""
 }
@@ -193,7 +192,25 @@ func (p *AgentProxy) LastError() string {
 // Endpoint describes the proxy for the Probe: its address is the envoy
 // stand-in's inbound listener.
 func (p *AgentProxy) Endpoint() Endpoint {
-	return Endpoint{Kind: p.kind, Name: p.name, Node: p.node, Identities: []string{p.identity.String()}, Address: p.inbound, Proxy: p}
+	in, _ := p.listeners()
+	return Endpoint{Kind: p.kind, Name: p.name, Node: p.node, Identities: []string{p.identity.String()}, Address: in, Proxy: p}
+}
+
+// listeners are the stand-in's inbound and outbound listeners, empty
+// until its event log names them (it binds them itself, on any free port).
+func (p *AgentProxy) listeners() (in, out string) {
+	p.mu.Lock()
+	in, out = p.inboundAddr, p.outboundListener
+	p.mu.Unlock()
+	if in != "" && out != "" {
+		return in, out
+	}
+	in, _, _ = p.events.listener()
+	out = p.events.outboundListener()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.inboundAddr, p.outboundListener = in, out
+	return in, out
 }
 
 // credentials implements Proxy: the agent's "default" and "ROOTCA", as
@@ -210,16 +227,21 @@ func (p *AgentProxy) credentials(identity string) (*Certificate, []*x509.Certifi
 func (p *AgentProxy) server() serverSide { return p }
 
 // outboundAddr implements outboundVia.
-func (p *AgentProxy) outboundAddr() string { return p.outboundListener }
+func (p *AgentProxy) outboundAddr() string {
+	_, out := p.listeners()
+	return out
+}
 
 // issuanceError implements Proxy: the CSR is the agent's; the sandbox
 // reads its failures from the agent's own counter.
 func (p *AgentProxy) issuanceError(string) string { return "" }
 
-// Ready implements Proxy: both secrets are held.
+// Ready implements Proxy: both secrets are held, and the stand-in's
+// listeners are open.
 func (p *AgentProxy) Ready() bool {
 	_, _, ok := p.credentials("")
-	return ok
+	in, out := p.listeners()
+	return ok && in != "" && out != ""
 }
 
 // Drain implements Proxy: the pod is terminating. pilot-agent drains its

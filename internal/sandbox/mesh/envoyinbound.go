@@ -40,6 +40,9 @@ const (
 	EventEnded = recordEnd
 	// EventDraining: pilot-agent asked it to drain (POST /drain_listeners).
 	EventDraining = "draining"
+	// EventOutboundStarted: the stand-in's outbound listener is open
+	// (Addr).
+	EventOutboundStarted = "outbound-started"
 )
 
 // StubEvent is one line of an envoy stand-in's event log.
@@ -56,7 +59,8 @@ type StubEvent struct {
 type EnvoyInboundOptions struct {
 	// Name labels the listener in reasons and logs.
 	Name string
-	// Addr is where to listen, 127.0.0.1:port (the pod's port).
+	// Addr is where to listen: 127.0.0.1:port, or 127.0.0.1:0 for any
+	// port (the one bound is in the log's started event).
 	Addr string
 	// EventLog is the path of the event log; it is created (0600) or
 	// appended to.
@@ -191,6 +195,7 @@ type eventReader struct {
 	rejects  map[string]string
 	ends     map[string]string
 	started  *StubEvent
+	outbound string
 	draining time.Time
 }
 
@@ -239,6 +244,8 @@ func (r *eventReader) apply(ev StubEvent) {
 	case EventStarted:
 		r.started = &ev
 		r.draining = time.Time{}
+	case EventOutboundStarted:
+		r.outbound = ev.Addr
 	case EventRejected:
 		keep(r.rejects)
 	case EventEnded:
@@ -283,4 +290,13 @@ func (r *eventReader) listener() (addr string, pid int, ok bool) {
 		return "", 0, false
 	}
 	return r.started.Addr, r.started.PID, true
+}
+
+// outboundListener is the address of the stand-in's outbound listener;
+// empty before it started.
+func (r *eventReader) outboundListener() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_ = r.refreshLocked()
+	return r.outbound
 }

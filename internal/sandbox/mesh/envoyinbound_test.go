@@ -164,6 +164,9 @@ func TestEnvoyOutboundConnectsWithTheStandInsCredentials(t *testing.T) {
 	// Accepted: pings go through, and the stand-in's exit is recorded
 	// against the probe's side of the connection.
 	out, clientLog := outbound("client-a", trusted)
+	if got := clientLog.outboundListener(); got != out.Addr() {
+		t.Fatalf("outbound listener in the log %q, want %q", got, out.Addr())
+	}
 	c, key, err := connectVia(ctx, out.Addr(), in.Addr(), ident("waypoint").String())
 	if err != nil {
 		t.Fatalf("trusted client: %v", err)

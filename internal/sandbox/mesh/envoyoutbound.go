@@ -31,8 +31,8 @@ import (
 // The upstream socket's address is what the server saw as its client: the
 // probe asks the server for its verdict under that key.
 
-// EnvStubOutbound is the env naming the stand-in's outbound listener, a
-// pod port the sandbox gives it.
+// EnvStubOutbound is the env naming the stand-in's outbound listener
+// address (127.0.0.1:0 for any port, reported in the event log).
 const EnvStubOutbound = "MESHCA_ENVOYSTUB_OUTBOUND"
 
 // maxOutboundLine bounds a line of the outbound exchange.
@@ -46,8 +46,8 @@ type EnvoyOutboundOptions struct {
 	Addr string
 	// Credentials returns "default" and "ROOTCA" as SDS gave them.
 	Credentials func() (cert *Certificate, roots []*x509.Certificate, ok bool)
-	// Events receives the end of every connection the stand-in closes
-	// itself (its own exit); nil for none.
+	// Events receives the listener's address and the end of every
+	// connection the stand-in closes itself (its own exit); nil for none.
 	Events *EnvoyInbound
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -89,6 +89,9 @@ func StartEnvoyOutbound(opts EnvoyOutboundOptions) (*EnvoyOutbound, error) {
 		return nil, fmt.Errorf("%s: outbound listener: %w", opts.Name, err)
 	}
 	o := &EnvoyOutbound{opts: opts, ln: ln, conns: map[net.Conn]struct{}{}}
+	if opts.Events != nil {
+		opts.Events.log.write(StubEvent{Event: EventOutboundStarted, Addr: o.Addr()})
+	}
 	o.wg.Add(1)
 	go o.serve()
 	return o, nil
