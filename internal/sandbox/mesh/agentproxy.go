@@ -63,15 +63,13 @@ type AgentProxy struct {
 	once     sync.Once
 	exitOnce sync.Once
 
+	// outbound are the long-lived connections the pod originated.
+	outbound outboundConns
+
 	mu      sync.Mutex
 	cert    *Certificate
 	roots   []*x509.Certificate
 	lastErr string
-	// outbound are the long-lived connections the pod originated; outEnds
-	// why they ended, by local address.
-	outbound map[net.Conn]struct{}
-	outEnds  map[string]string
-	draining bool
 	// exitedAt is when the agent process was seen to exit.
 	exitedAt time.Time
 	// inboundAddr and outboundListener are the stand-in's listeners,
@@ -105,8 +103,7 @@ func StartAgentProxy(opts AgentProxyOptions) (*AgentProxy, error) {
 	}
 	p := &AgentProxy{kind: opts.Kind, name: name, node: opts.Node, identity: opts.Identity, now: now,
 		events: newEventReader(opts.EventLog), exited: opts.Exited,
-		log: log.With("proxy", label), done: make(chan struct{}),
-		outbound: map[net.Conn]struct{}{}, outEnds: map[string]string{}}
+		log: log.With("proxy", label), done: make(chan struct{})}
 	p.sds = NewSDSWatch(opts.SDSSocket, label, p.log, p.update)
 	if err := p.sds.Start(); err != nil {
 		return nil, fmt.Errorf("%s: %w", label, err)
@@ -251,9 +248,7 @@ func (p *AgentProxy) Ready() bool {
 // reason recorded is what the stand-in's log and the agent's exit show.
 func (p *AgentProxy) Drain(after time.Duration, _ string) {
 	p.log.Info("envoy pod terminating: pilot-agent drains its envoy", "expected drain", after.String())
-	p.mu.Lock()
-	p.draining = true
-	p.mu.Unlock()
+	p.outbound.close()
 }
 
 // agentExited ends the connections the pod originated, as its envoy's end
@@ -270,7 +265,7 @@ func (p *AgentProxy) onExit() {
 		p.mu.Lock()
 		p.exitedAt = p.now()
 		p.mu.Unlock()
-		p.endOutbound(p.exitReason())
+		p.outbound.endAll(p.exitReason())
 	})
 }
 
@@ -289,28 +284,12 @@ func (p *AgentProxy) exitReason() string {
 		who, drained.UTC().Format("15:04:05.000Z"), at.Sub(drained).Round(100*time.Millisecond))
 }
 
-// endOutbound ends every connection the pod originated, recording reason.
-func (p *AgentProxy) endOutbound(reason string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if len(p.outEnds) >= maxRecordedErrors {
-		clear(p.outEnds)
-	}
-	for c := range p.outbound {
-		if _, ok := p.outEnds[c.LocalAddr().String()]; !ok {
-			p.outEnds[c.LocalAddr().String()] = reason
-		}
-		_ = c.Close()
-	}
-	clear(p.outbound)
-}
-
 // Stop ends the SDS subscription and the connections the pod originated.
 // It is safe to call more than once.
 func (p *AgentProxy) Stop() {
 	p.once.Do(func() {
 		close(p.done)
-		p.endOutbound("proxy " + string(p.kind) + "/" + p.name + " stopped (pod deleted)")
+		p.outbound.endAll("proxy " + string(p.kind) + "/" + p.name + " stopped (pod deleted)")
 		p.sds.Stop()
 	})
 }
@@ -344,7 +323,7 @@ const exitWait = 2 * time.Second
 // connection itself; after a drain, the connection ended with the
 // stand-in's process when the agent, or kubelet, killed it.
 func (p *AgentProxy) endReason(local string) (string, bool) {
-	if r, ok := p.takeOutEnd(local); ok {
+	if r, ok := p.outbound.take(local); ok {
 		return r, true
 	}
 	if r, ok := p.events.take(false, local); ok {
@@ -362,31 +341,16 @@ func (p *AgentProxy) endReason(local string) (string, bool) {
 		return "", false
 	}
 	p.onExit()
-	if r, ok := p.takeOutEnd(local); ok {
+	if r, ok := p.outbound.take(local); ok {
 		return r, true
 	}
 	return p.exitReason(), true
 }
 
-func (p *AgentProxy) takeOutEnd(local string) (string, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	r, ok := p.outEnds[local]
-	delete(p.outEnds, local)
-	return r, ok
-}
-
 // trackOutbound implements serverSide.
 func (p *AgentProxy) trackOutbound(c net.Conn) (untrack func(), ok bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.draining || p.closed() {
+	if p.closed() {
 		return nil, false
 	}
-	p.outbound[c] = struct{}{}
-	return func() {
-		p.mu.Lock()
-		delete(p.outbound, c)
-		p.mu.Unlock()
-	}, true
+	return p.outbound.track(c)
 }

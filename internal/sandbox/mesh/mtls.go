@@ -237,13 +237,12 @@ type mtlsServer struct {
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	conns    map[net.Conn]struct{}
-	outbound map[net.Conn]struct{}
+	outbound outboundConns
 	errs     map[string]string
 	// ends records why the proxy ended a connection, keyed by the client's
 	// address (the local address of the Probe's socket).
-	ends     map[string]string
-	draining bool
-	done     bool
+	ends map[string]string
+	done bool
 	// onRecord, when set, is told of every rejection and every end the
 	// server records (an envoy stand-in writes them to its event log).
 	onRecord func(kind, client, reason string)
@@ -277,8 +276,8 @@ func startMTLS(name, addr string, creds credentialsFunc, identityFor func(string
 	}
 	s := &mtlsServer{
 		name: name, ln: ln, creds: creds, now: now, log: log, identityFor: identityFor,
-		conns: map[net.Conn]struct{}{}, outbound: map[net.Conn]struct{}{},
-		errs: map[string]string{}, ends: map[string]string{},
+		conns: map[net.Conn]struct{}{},
+		errs:  map[string]string{}, ends: map[string]string{},
 	}
 	s.wg.Add(1)
 	go s.serve()
@@ -445,6 +444,9 @@ func (s *mtlsServer) takeError(remote string) (string, bool) {
 // endReason returns and forgets why the proxy ended the connection whose
 // client address is local.
 func (s *mtlsServer) endReason(local string) (string, bool) {
+	if r, ok := s.outbound.take(local); ok {
+		return r, true
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	reason, ok := s.ends[local]
@@ -456,25 +458,13 @@ func (s *mtlsServer) endReason(local string) (string, bool) {
 // that it ends with the proxy; the returned function unregisters it. It
 // reports false, registering nothing, when the proxy is already stopping.
 func (s *mtlsServer) trackOutbound(c net.Conn) (untrack func(), ok bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.draining || s.done {
-		return nil, false
-	}
-	s.outbound[c] = struct{}{}
-	return func() {
-		s.mu.Lock()
-		delete(s.outbound, c)
-		s.mu.Unlock()
-	}, true
+	return s.outbound.track(c)
 }
 
 // startDrain marks the proxy as terminating: it keeps serving what it holds
 // (and any straggler that still reaches its listener) until endAll.
 func (s *mtlsServer) startDrain() {
-	s.mu.Lock()
-	s.draining = true
-	s.mu.Unlock()
+	s.outbound.close()
 }
 
 // endAll ends every connection the proxy holds, inbound and outbound, and
@@ -502,11 +492,7 @@ func (s *mtlsServer) endAllLocked(reason string) {
 		note(c.RemoteAddr().String())
 		_ = c.Close()
 	}
-	for c := range s.outbound {
-		note(c.LocalAddr().String())
-		_ = c.Close()
-	}
-	clear(s.outbound)
+	s.outbound.endAll(reason)
 }
 
 // close stops accepting, ends open connections ("pod deleted" unless a
@@ -514,6 +500,7 @@ func (s *mtlsServer) endAllLocked(reason string) {
 func (s *mtlsServer) close() {
 	s.mu.Lock()
 	s.done = true
+	s.outbound.close()
 	s.endAllLocked("proxy " + s.name + " stopped (pod deleted)")
 	s.mu.Unlock()
 	_ = s.ln.Close()
