@@ -10,10 +10,13 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
@@ -50,6 +53,9 @@ func TestEveryContextRunsAsTheImpersonatedUser(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The API server's authorizer learns of a binding through its
+	// informers, a moment after the create: wait until it is in force.
+	waitAllowed(t, c, "system:serviceaccount:default:impersonator", authorizationv1.ResourceAttributes{Verb: "impersonate", Resource: "users", Name: "alice"})
 	tok, err := c.CoreV1().ServiceAccounts("default").CreateToken(ctx, "impersonator", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](3600)}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -86,6 +92,7 @@ func TestEveryContextRunsAsTheImpersonatedUser(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	waitAllowed(t, c, "alice", authorizationv1.ResourceAttributes{Verb: "get", Resource: "secrets", Namespace: "istio-system", Name: "cacerts"})
 	code, stdout, stderr := run("--context", "east", "--context", "west", "--as", "alice")
 	if code != cli.ExitOK {
 		t.Fatalf("as alice with rights: exit %d\n%s", code, stderr)
@@ -107,5 +114,25 @@ func TestEveryContextRunsAsTheImpersonatedUser(t *testing.T) {
 	env := &cli.Env{Streams: genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut}, Now: time.Now}
 	if code := app.Run(ctx, []string{"check", "--kubeconfig", kubeconfig, "--context", "east", "--context", "west"}, env); code != cli.ExitUsage {
 		t.Errorf("check with two contexts: exit %d, want %d (%s)", code, cli.ExitUsage, errOut.String())
+	}
+}
+
+// waitAllowed waits until the API server's authorizer allows user attrs,
+// as a SubjectAccessReview answers.
+func waitAllowed(t *testing.T, c kubernetes.Interface, user string, attrs authorizationv1.ResourceAttributes) {
+	t.Helper()
+	var last *authorizationv1.SubjectAccessReview
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		r, err := c.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+			Spec: authorizationv1.SubjectAccessReviewSpec{User: user, ResourceAttributes: &attrs},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return false, err
+		}
+		last = r
+		return r.Status.Allowed, nil
+	})
+	if err != nil {
+		t.Fatalf("%s is not allowed to %s %s %s/%s: %v (last review: %+v)", user, attrs.Verb, attrs.Resource, attrs.Namespace, attrs.Name, err, last)
 	}
 }
